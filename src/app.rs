@@ -1,0 +1,223 @@
+//! The commands behind the CLI: `check`, `run`, `demo`, `score-server`. Wires the config, the
+//! table, the listeners and the servers together; `main.rs` only parses arguments.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::config::{self, ConfigError, EndpointConfig, Loaded};
+use crate::proxy::{self, Proxy};
+use crate::routing::Table;
+use crate::scoring::{Model, ScoreServer};
+
+/// A failure that stops a command, with the message the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Warnings as `PATH:LINE:COL: warning: message` lines.
+pub fn format_warnings(path: &Path, loaded: &Loaded) -> String {
+    loaded
+        .warnings
+        .iter()
+        .map(|w| {
+            format!(
+                "{}:{}:{}: warning: {}\n",
+                path.display(),
+                w.line,
+                w.column,
+                w.message
+            )
+        })
+        .collect()
+}
+
+/// The effective traffic table, as `check` prints it.
+pub fn traffic_table(cfg: &EndpointConfig) -> String {
+    let mut out = String::new();
+    let width = cfg
+        .deployments
+        .iter()
+        .map(|d| d.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("deployment".len());
+    out.push_str(&format!("{:<width$}  weight  instances\n", "deployment"));
+    for d in &cfg.deployments {
+        out.push_str(&format!(
+            "{:<width$}  {:>5}%  {}\n",
+            d.name,
+            d.weight,
+            d.instances.join(", ")
+        ));
+    }
+    if cfg.total_weight() == 0 {
+        out.push_str("no deployment takes unpinned traffic: such requests get 503\n");
+    }
+    out
+}
+
+/// `scoregate check PATH`: the report printed on success.
+pub fn check(path: &Path) -> Result<(String, String), ConfigError> {
+    let loaded = config::load_file(path)?;
+    let c = &loaded.config;
+    let mut report = format!(
+        "{}: valid\nendpoint {}, listen {}, admin {}, pin header {}\n\n",
+        path.display(),
+        c.name.as_deref().unwrap_or("(unnamed)"),
+        c.listen,
+        c.admin_listen,
+        c.pin_header
+    );
+    report.push_str(&traffic_table(c));
+    Ok((report, format_warnings(path, &loaded)))
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+/// A running data plane.
+pub struct Running {
+    pub listen: SocketAddr,
+    pub table: Arc<ArcSwap<Table>>,
+}
+
+/// Loads `path`, binds the data plane and starts serving in the background.
+pub async fn start(path: &Path) -> Result<Running, AppError> {
+    let loaded = config::load_file(path)?;
+    eprint!("{}", format_warnings(path, &loaded));
+    let cfg = &loaded.config;
+    let listener = bind("data plane", cfg.listen).await?;
+    let listen = listener.local_addr().unwrap_or(cfg.listen);
+    let table = Arc::new(ArcSwap::from_pointee(Table::compile(cfg, 1, None)));
+    tracing::info!(
+        file = %path.display(),
+        traffic = %traffic_summary(cfg),
+        "endpoint file loaded"
+    );
+    let proxy = Arc::new(Proxy::new(table.clone()));
+    tokio::spawn(proxy::serve(listener, proxy));
+    tracing::info!(addr = %listen, "data plane listening");
+    Ok(Running { listen, table })
+}
+
+fn traffic_summary(cfg: &EndpointConfig) -> String {
+    cfg.deployments
+        .iter()
+        .map(|d| format!("{}={}", d.name, d.weight))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `scoregate run`: serves until Ctrl-C or SIGTERM.
+pub async fn run(path: &Path) -> Result<(), AppError> {
+    start(path).await?;
+    wait_for_shutdown().await;
+    Ok(())
+}
+
+/// `scoregate score-server`.
+pub async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), AppError> {
+    let listener = bind("scoring server", addr).await?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(
+        addr = %local,
+        deployment = %server.name,
+        model = server.model.name(),
+        "scoring server listening"
+    );
+    tokio::spawn(server.serve(listener));
+    wait_for_shutdown().await;
+    Ok(())
+}
+
+/// `scoregate demo`: scoring servers for every instance of the file (the first deployment runs
+/// model v1, the next v2, alternating), then the proxy.
+pub async fn demo(path: PathBuf) -> Result<(), AppError> {
+    let loaded = config::load_file(&path)?;
+    for (i, d) in loaded.config.deployments.iter().enumerate() {
+        let model = if i % 2 == 0 { Model::V1 } else { Model::V2 };
+        for inst in &d.instances {
+            let addr: SocketAddr = match inst.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    tracing::warn!(instance = %inst, "demo starts scoring servers only on IP:PORT instances");
+                    continue;
+                }
+            };
+            let listener = bind("demo scoring server", addr).await?;
+            let server = ScoreServer {
+                name: d.name.clone(),
+                model,
+                delay: Duration::ZERO,
+                error_rate: 0.0,
+            };
+            tokio::spawn(server.serve(listener));
+        }
+    }
+    let running = start(&path).await?;
+    let url = format!("http://{}", running.listen);
+    let pin = loaded.config.pin_header.as_str();
+    let names: Vec<&str> = loaded
+        .config
+        .deployments
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    let pinned = names.get(1).or(names.first()).copied().unwrap_or("green");
+    println!(
+        "\nscoregate demo is running: {} scoring servers behind {url}\n\n{}\nTry:\n  \
+         curl {url}/score\n  \
+         curl -H '{pin}: {pinned}' {url}/score\n  \
+         curl -X POST -H 'content-type: application/json' -d '{{\"data\": [[1,2,3,4,5,6,7,8,9,10]]}}' {url}/score\n  \
+         load-test/load_test.sh 20 {url}/score\n\nCtrl-C stops the demo.",
+        loaded
+            .config
+            .deployments
+            .iter()
+            .map(|d| d.instances.len())
+            .sum::<usize>(),
+        traffic_table(&loaded.config),
+    );
+    wait_for_shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,1060 @@
+//! The endpoint file: YAML text → validated [`EndpointConfig`]. First step of the data path
+//! (file → `config` → `routing::Table` → `proxy`). All YAML parsing lives in this module, so the
+//! YAML crate can be swapped by changing the `yaml` alias below.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_yaml as yaml;
+
+/// Default data-plane address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default pin header.
+pub const DEFAULT_PIN_HEADER: &str = "x-api-version";
+/// Default request timeout (ms).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
+/// Default wait for a free instance (ms).
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
+/// Default request body limit: 16 MiB (exactly 16 MiB is allowed).
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Keys of Azure ML endpoint and deployment files that mean nothing to scoregate: accepted,
+/// ignored, one warning per key name.
+pub const AZURE_IGNORED_KEYS: &[&str] = &[
+    "$schema",
+    "type",
+    "description",
+    "tags",
+    "model",
+    "code_reference",
+    "code_configuration",
+    "environment",
+    "environment_variables",
+    "sku",
+    "instance_type",
+    "scale",
+    "scale_settings",
+    "liveness_probe",
+    "readiness_probe",
+    "app_insights_enabled",
+];
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "admin_listen",
+    "pin_header",
+    "sticky_header",
+    "traffic",
+    "mirror_traffic",
+    "auth_mode",
+    "keys_file",
+    "max_request_body_bytes",
+    "deployments",
+];
+const DEPLOYMENT_KEYS: &[&str] = &["instances", "request", "request_settings"];
+const REQUEST_KEYS: &[&str] = &[
+    "request_timeout_ms",
+    "max_concurrent_requests_per_instance",
+    "max_queue_wait_ms",
+];
+
+/// One finding in a file: an error or a warning, with its 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Why a file was refused: every error found, each with its location.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                e.line,
+                e.column,
+                e.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-deployment request settings (`request:` or its synonym `request_settings:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// Time the instance has to answer with its headers. Default 5000 ms.
+    pub request_timeout: Duration,
+    /// Requests one instance may hold at once; 0 (the default) means unlimited.
+    pub max_concurrent_per_instance: u32,
+    /// How long a request may wait for a free instance before 429. Default 500 ms.
+    pub max_queue_wait: Duration,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_concurrent_per_instance: 0,
+            max_queue_wait: Duration::from_millis(DEFAULT_MAX_QUEUE_WAIT_MS),
+        }
+    }
+}
+
+/// One deployment as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentConfig {
+    pub name: String,
+    /// Live weight 0–100 (0 when the deployment is not named in `traffic`).
+    pub weight: u8,
+    /// Instances exactly as written in the file (`host:port`, `[v6]:port`).
+    pub instances: Vec<String>,
+    pub request: RequestSettings,
+}
+
+/// A fully validated endpoint file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub name: Option<String>,
+    /// Data plane address. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Admin address. Default 127.0.0.1:9090.
+    pub admin_listen: SocketAddr,
+    /// Header whose value pins a deployment. Default `x-api-version`.
+    pub pin_header: HeaderName,
+    /// Deployments in the order of the `traffic:` map first, then the others in file order.
+    pub deployments: Vec<DeploymentConfig>,
+    /// Largest request body accepted. Default 16 MiB.
+    pub max_request_body_bytes: u64,
+}
+
+impl EndpointConfig {
+    /// Sum of live weights: 100, or 0 when no deployment takes unpinned traffic.
+    pub fn total_weight(&self) -> u32 {
+        self.deployments.iter().map(|d| u32::from(d.weight)).sum()
+    }
+}
+
+/// A valid file and the warnings found in it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: EndpointConfig,
+    pub warnings: Vec<Diagnostic>,
+    /// The exact bytes that were parsed (for change detection and `/config`'s hash).
+    pub source: String,
+}
+
+/// Reads and validates `path`.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse_str(&src, path),
+        Err(e) => Err(ConfigError {
+            path: path.to_path_buf(),
+            errors: vec![Diagnostic {
+                line: 1,
+                column: 1,
+                message: format!("cannot read the file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Validates `src`, reporting locations against `path`.
+pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let fail = |errors| ConfigError {
+        path: path.to_path_buf(),
+        errors,
+    };
+    if src.trim().is_empty() {
+        return Err(fail(vec![Diagnostic {
+            line: 1,
+            column: 1,
+            message: "the file is empty".into(),
+        }]));
+    }
+    let raw = match RawFile::deserialize(yaml::Deserializer::from_str(src)) {
+        Ok(raw) => raw,
+        Err(e) => return Err(fail(vec![yaml_diagnostic(&e)])),
+    };
+    let mut v = Validator {
+        src,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let config = v.validate(raw);
+    if v.errors.is_empty() {
+        if let Some(config) = config {
+            v.warnings.sort_by_key(|d| (d.line, d.column));
+            return Ok(Loaded {
+                config,
+                warnings: v.warnings,
+                source: src.to_string(),
+            });
+        }
+    }
+    v.errors.sort_by_key(|d| (d.line, d.column));
+    Err(fail(v.errors))
+}
+
+fn yaml_diagnostic(e: &yaml::Error) -> Diagnostic {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    let mut message = e.to_string();
+    // serde_yaml appends " at line L column C"; the location is printed in front instead.
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    Diagnostic {
+        line,
+        column,
+        message,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file shape. Hand-written map visitors so that unknown and duplicate keys are reported at
+// the key itself (serde_yaml attaches the position of the innermost value being read).
+
+#[derive(Debug, Default)]
+struct RawFile {
+    name: Option<String>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    pin_header: Option<String>,
+    sticky_header: Option<String>,
+    traffic: Option<Vec<(String, i64)>>,
+    mirror_traffic: Option<IgnoredAny>,
+    auth_mode: Option<String>,
+    keys_file: Option<String>,
+    max_request_body_bytes: Option<u64>,
+    deployments: Option<Vec<(String, RawDeployment)>>,
+    ignored: Vec<&'static str>,
+}
+
+#[derive(Debug, Default)]
+struct RawDeployment {
+    instances: Option<Vec<String>>,
+    request: Option<RawRequest>,
+    request_key: &'static str,
+    ignored: Vec<&'static str>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RawRequest {
+    request_timeout_ms: Option<u64>,
+    max_concurrent_requests_per_instance: Option<u32>,
+    max_queue_wait_ms: Option<u64>,
+}
+
+/// Reads one map key, refusing unknown and repeated keys with the key's own position.
+struct KeySeed<'a> {
+    known: &'static [&'static str],
+    azure: bool,
+    seen: &'a mut BTreeSet<String>,
+    what: &'static str,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let key = String::deserialize(d)?;
+        let allowed = self.known.contains(&key.as_str())
+            || (self.azure && AZURE_IGNORED_KEYS.contains(&key.as_str()));
+        if !allowed {
+            let mut msg = format!("unknown key `{key}` in {}", self.what);
+            if let Some(s) = suggest(&key, self.known) {
+                msg.push_str(&format!(" (did you mean `{s}`?)"));
+            } else {
+                msg.push_str(&format!("; expected one of: {}", self.known.join(", ")));
+            }
+            return Err(de::Error::custom(msg));
+        }
+        if !self.seen.insert(key.clone()) {
+            return Err(de::Error::custom(format!(
+                "duplicate key `{key}` in {}",
+                self.what
+            )));
+        }
+        Ok(key)
+    }
+}
+
+fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn azure_name(key: &str) -> Option<&'static str> {
+    AZURE_IGNORED_KEYS.iter().copied().find(|k| *k == key)
+}
+
+impl<'de> Deserialize<'de> for RawFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an endpoint file: a mapping with `traffic:` and `deployments:`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFile, A::Error> {
+                let mut raw = RawFile::default();
+                let mut seen = BTreeSet::new();
+                while let Some(key) = map.next_key_seed(KeySeed {
+                    known: TOP_KEYS,
+                    azure: true,
+                    seen: &mut seen,
+                    what: "the endpoint file",
+                })? {
+                    match key.as_str() {
+                        "name" => raw.name = Some(map.next_value::<Scalar>()?.0),
+                        "listen" => raw.listen = Some(map.next_value::<Scalar>()?.0),
+                        "admin_listen" => raw.admin_listen = Some(map.next_value::<Scalar>()?.0),
+                        "pin_header" => raw.pin_header = Some(map.next_value()?),
+                        "sticky_header" => raw.sticky_header = Some(map.next_value()?),
+                        "traffic" => raw.traffic = Some(map.next_value::<Traffic>()?.0),
+                        "mirror_traffic" => raw.mirror_traffic = Some(map.next_value()?),
+                        "auth_mode" => raw.auth_mode = Some(map.next_value()?),
+                        "keys_file" => raw.keys_file = Some(map.next_value()?),
+                        "max_request_body_bytes" => {
+                            raw.max_request_body_bytes = Some(map.next_value()?)
+                        }
+                        "deployments" => raw.deployments = Some(map.next_value::<Deployments>()?.0),
+                        other => {
+                            map.next_value::<IgnoredAny>()?;
+                            raw.ignored.extend(azure_name(other));
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A scalar read as text whatever its YAML type (so `listen: 8080` reports a clear error later).
+struct Scalar(String);
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `traffic:`: an ordered map of deployment name → integer weight.
+struct Traffic(Vec<(String, i64)>);
+impl<'de> Deserialize<'de> for Traffic {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Traffic;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of deployment name to weight, like `blue: 90`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Traffic, A::Error> {
+                let mut out = Vec::new();
+                let mut seen = BTreeSet::new();
+                while let Some(name) = map.next_key_seed(NameSeed {
+                    seen: &mut seen,
+                    what: "traffic",
+                })? {
+                    let w = map.next_value::<Weight>()?;
+                    out.push((name, w.0));
+                }
+                Ok(Traffic(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A map key naming a deployment; repeated names are refused at the key.
+struct NameSeed<'a> {
+    seen: &'a mut BTreeSet<String>,
+    what: &'static str,
+}
+impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let name = Scalar::deserialize(d)?.0;
+        if !self.seen.insert(name.clone()) {
+            return Err(de::Error::custom(format!(
+                "deployment `{name}` appears twice in `{}`",
+                self.what
+            )));
+        }
+        Ok(name)
+    }
+}
+
+/// A weight: a YAML integer (range is checked by the validator so every error is reported).
+struct Weight(i64);
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Weight;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer weight from 0 to 100")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Weight, E> {
+                Ok(Weight(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Weight, E> {
+                Ok(Weight(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Weight, E> {
+                Err(E::custom(format!(
+                    "weight {v} is not an integer: weights are whole percentages from 0 to 100"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Weight, E> {
+                Err(E::custom(format!(
+                    "weight \"{v}\" is a string: write weights as plain integers (90, not \"90\")"
+                )))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Weight, E> {
+                Err(E::custom("weight is missing: write an integer from 0 to 100"))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Weight, E> {
+                Err(E::custom(format!(
+                    "weight `{v}` is not an integer from 0 to 100"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Deployments(Vec<(String, RawDeployment)>);
+impl<'de> Deserialize<'de> for Deployments {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Deployments;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of deployment name to its settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Deployments, A::Error> {
+                let mut out = Vec::new();
+                let mut seen = BTreeSet::new();
+                while let Some(name) = map.next_key_seed(NameSeed {
+                    seen: &mut seen,
+                    what: "deployments",
+                })? {
+                    out.push((name, map.next_value::<RawDeployment>()?));
+                }
+                Ok(Deployments(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDeployment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDeployment;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a deployment: a mapping with `instances:`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDeployment, A::Error> {
+                let mut raw = RawDeployment::default();
+                let mut seen = BTreeSet::new();
+                while let Some(key) = map.next_key_seed(KeySeed {
+                    known: DEPLOYMENT_KEYS,
+                    azure: true,
+                    seen: &mut seen,
+                    what: "a deployment",
+                })? {
+                    match key.as_str() {
+                        "instances" => raw.instances = Some(map.next_value::<Instances>()?.0),
+                        "request" | "request_settings" => {
+                            if raw.request.is_some() {
+                                return Err(de::Error::custom(
+                                    "`request` and `request_settings` are the same setting: keep one",
+                                ));
+                            }
+                            raw.request_key = if key == "request" {
+                                "request"
+                            } else {
+                                "request_settings"
+                            };
+                            raw.request = Some(map.next_value()?);
+                        }
+                        other => {
+                            map.next_value::<IgnoredAny>()?;
+                            raw.ignored.extend(azure_name(other));
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+struct Instances(Vec<String>);
+impl<'de> Deserialize<'de> for Instances {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Instances;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of instances, like [127.0.0.1:9001, 127.0.0.1:9002]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Instances, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<Scalar>()? {
+                    out.push(s.0);
+                }
+                Ok(Instances(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRequest;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("request settings: a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRequest, A::Error> {
+                let mut raw = RawRequest::default();
+                let mut seen = BTreeSet::new();
+                while let Some(key) = map.next_key_seed(KeySeed {
+                    known: REQUEST_KEYS,
+                    azure: false,
+                    seen: &mut seen,
+                    what: "request settings",
+                })? {
+                    match key.as_str() {
+                        "request_timeout_ms" => raw.request_timeout_ms = Some(map.next_value()?),
+                        "max_concurrent_requests_per_instance" => {
+                            raw.max_concurrent_requests_per_instance = Some(map.next_value()?)
+                        }
+                        _ => raw.max_queue_wait_ms = Some(map.next_value()?),
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic validation: every rule is checked and every violation reported with its location.
+
+struct Validator<'s> {
+    src: &'s str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn at(&self, path: &[Seg<'_>]) -> (usize, usize) {
+        // Fall back to the nearest enclosing node that can be found.
+        (0..=path.len())
+            .rev()
+            .find_map(|n| locate(self.src, &path[..n]))
+            .unwrap_or((1, 1))
+    }
+    fn error(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
+        let (line, column) = self.at(path);
+        self.errors.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+    fn warn(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
+        let (line, column) = self.at(path);
+        self.warnings.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn validate(&mut self, raw: RawFile) -> Option<EndpointConfig> {
+        use Seg::{Index as I, Key as K};
+
+        let listen = self.socket_addr("listen", raw.listen.as_deref(), DEFAULT_LISTEN);
+        let admin_listen =
+            self.socket_addr("admin_listen", raw.admin_listen.as_deref(), DEFAULT_ADMIN_LISTEN);
+        if let (Some(a), Some(b)) = (listen, admin_listen) {
+            if a == b && a.port() != 0 {
+                self.error(
+                    &[K("admin_listen")],
+                    format!("admin_listen {b} is the same address as listen"),
+                );
+            }
+        }
+
+        let pin_header = match raw.pin_header.as_deref() {
+            None => Some(HeaderName::from_static(DEFAULT_PIN_HEADER)),
+            Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) if !h.is_empty() => Some(n),
+                _ => {
+                    self.error(
+                        &[K("pin_header")],
+                        format!("pin_header `{h}` is not a valid HTTP header name"),
+                    );
+                    None
+                }
+            },
+        };
+
+        if raw.sticky_header.is_some() {
+            self.error(
+                &[K("sticky_header")],
+                "`sticky_header` is not supported yet: remove it (the split is weighted random)",
+            );
+        }
+        if raw.mirror_traffic.is_some() {
+            self.error(
+                &[K("mirror_traffic")],
+                "`mirror_traffic` is not supported yet: remove it (no request is mirrored)",
+            );
+        }
+        match raw.auth_mode.as_deref() {
+            None | Some("none") => {}
+            Some("aml_token") => self.warn(
+                &[K("auth_mode")],
+                "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: this endpoint is OPEN \
+                 to anyone who can reach it (use `auth_mode: key` once supported, or `none` to \
+                 silence this warning)",
+            ),
+            Some("key") => self.error(
+                &[K("auth_mode")],
+                "auth_mode `key` is not supported yet: use `none` (the endpoint is then open)",
+            ),
+            Some(other) => self.error(
+                &[K("auth_mode")],
+                format!("auth_mode `{other}` is not known: use `none` or `key`"),
+            ),
+        }
+        if raw.keys_file.is_some() && raw.auth_mode.as_deref() != Some("key") {
+            self.error(
+                &[K("keys_file")],
+                "`keys_file` is only used with `auth_mode: key`",
+            );
+        }
+        let max_request_body_bytes = match raw.max_request_body_bytes {
+            Some(0) => {
+                self.error(
+                    &[K("max_request_body_bytes")],
+                    "max_request_body_bytes must be at least 1",
+                );
+                0
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_REQUEST_BODY_BYTES,
+        };
+
+        // Deployments.
+        let mut deployments = Vec::new();
+        match &raw.deployments {
+            None => self.error(
+                &[],
+                "`deployments` is missing: name at least one deployment with its `instances`",
+            ),
+            Some(list) if list.is_empty() => self.error(
+                &[K("deployments")],
+                "`deployments` is empty: name at least one deployment with its `instances`",
+            ),
+            Some(_) => {}
+        }
+        let mut ignored: Vec<(&'static str, Vec<Seg<'_>>)> = Vec::new();
+        for key in &raw.ignored {
+            ignored.push((key, vec![K(key)]));
+        }
+        for (name, d) in raw.deployments.iter().flatten() {
+            let here = [K("deployments"), K(name)];
+            self.check_name(&here, name);
+            for key in &d.ignored {
+                ignored.push((key, vec![K("deployments"), K(name), K(key)]));
+            }
+            let mut instances = Vec::new();
+            match &d.instances {
+                None => self.error(
+                    &here,
+                    format!(
+                        "deployment `{name}` has no `instances`: list its scoring servers as host:port"
+                    ),
+                ),
+                Some(list) if list.is_empty() => self.error(
+                    &[K("deployments"), K(name), K("instances")],
+                    format!("deployment `{name}` has an empty `instances` list"),
+                ),
+                Some(list) => {
+                    for (i, inst) in list.iter().enumerate() {
+                        let p = [K("deployments"), K(name), K("instances"), I(i)];
+                        if let Err(why) = check_instance(inst) {
+                            self.error(&p, format!("instance `{inst}`: {why}"));
+                        } else if instances.contains(inst) {
+                            self.error(
+                                &p,
+                                format!("instance `{inst}` is listed twice in deployment `{name}`"),
+                            );
+                        } else {
+                            instances.push(inst.clone());
+                        }
+                    }
+                }
+            }
+            let request = self.request_settings(name, d);
+            deployments.push(DeploymentConfig {
+                name: name.clone(),
+                weight: 0,
+                instances,
+                request,
+            });
+        }
+        let mut warned = BTreeSet::new();
+        for (key, path) in ignored {
+            if warned.insert(key) {
+                self.warn(
+                    &path,
+                    format!("`{key}` is an Azure ML setting that scoregate ignores"),
+                );
+            }
+        }
+
+        // Traffic.
+        let mut sum: i64 = 0;
+        let mut order = Vec::new();
+        for (name, w) in raw.traffic.iter().flatten() {
+            let p = [K("traffic"), K(name)];
+            if !(0..=100).contains(w) {
+                self.error(
+                    &p,
+                    format!("weight {w} of `{name}` is out of range: weights are 0 to 100"),
+                );
+            } else {
+                sum += w;
+            }
+            match deployments.iter().position(|d| &d.name == name) {
+                Some(i) => {
+                    deployments[i].weight = u8::try_from((*w).clamp(0, 100)).unwrap_or(0);
+                    order.push(i);
+                }
+                None if raw.deployments.is_some() => {
+                    let known: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+                    self.error(
+                        &p,
+                        format!(
+                            "`traffic` names `{name}`, which is not a deployment (deployments: {})",
+                            known.join(", ")
+                        ),
+                    )
+                }
+                None => {}
+            }
+        }
+        let all_in_range = raw.traffic.iter().flatten().all(|(_, w)| (0..=100).contains(w));
+        if all_in_range && sum != 100 && sum != 0 {
+            let detail = raw
+                .traffic
+                .iter()
+                .flatten()
+                .map(|(n, w)| format!("{n}={w}"))
+                .collect::<Vec<_>>()
+                .join(" + ");
+            self.error(
+                &[K("traffic")],
+                format!(
+                    "traffic weights sum to {sum} ({detail}); they must sum to exactly 100, or all be 0"
+                ),
+            );
+        }
+        if sum == 0 && self.errors.is_empty() {
+            self.warn(
+                &[K("traffic")],
+                "no deployment takes traffic: unpinned requests get 503, pinned ones are served",
+            );
+        }
+
+        if !self.errors.is_empty() {
+            return None;
+        }
+        // Deployments in `traffic:` order first (sticky hashing depends on it), then the rest.
+        let mut ordered: Vec<DeploymentConfig> = Vec::with_capacity(deployments.len());
+        for &i in &order {
+            ordered.push(deployments[i].clone());
+        }
+        for (i, d) in deployments.into_iter().enumerate() {
+            if !order.contains(&i) {
+                ordered.push(d);
+            }
+        }
+        Some(EndpointConfig {
+            name: raw.name,
+            listen: listen?,
+            admin_listen: admin_listen?,
+            pin_header: pin_header?,
+            deployments: ordered,
+            max_request_body_bytes,
+        })
+    }
+
+    fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> Option<SocketAddr> {
+        let v = value.unwrap_or(default);
+        match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    &[Seg::Key(key)],
+                    format!("{key} `{v}` is not an address: write IP:PORT, like 127.0.0.1:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn check_name(&mut self, path: &[Seg<'_>], name: &str) {
+        let ok_len = (3..=32).contains(&name.len());
+        let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+        let ok_chars = name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !(ok_len && ok_start && ok_chars) {
+            self.error(
+                path,
+                format!(
+                    "deployment name `{name}` is invalid: use 3 to 32 characters, lowercase letters, \
+                     digits and `-`, starting with a letter"
+                ),
+            );
+        }
+    }
+
+    fn request_settings(&mut self, name: &str, d: &RawDeployment) -> RequestSettings {
+        let mut s = RequestSettings::default();
+        let Some(r) = &d.request else { return s };
+        let key = d.request_key;
+        if let Some(ms) = r.request_timeout_ms {
+            if ms == 0 {
+                self.error(
+                    &[
+                        Seg::Key("deployments"),
+                        Seg::Key(name),
+                        Seg::Key(key),
+                        Seg::Key("request_timeout_ms"),
+                    ],
+                    "request_timeout_ms must be at least 1",
+                );
+            }
+            s.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = r.max_concurrent_requests_per_instance {
+            s.max_concurrent_per_instance = n;
+        }
+        if let Some(ms) = r.max_queue_wait_ms {
+            s.max_queue_wait = Duration::from_millis(ms);
+        }
+        s
+    }
+}
+
+/// Checks `host:port`, `[v6]:port`.
+fn check_instance(s: &str) -> Result<(), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((h, p)) = rest.split_once("]:") else {
+            return Err("an IPv6 instance is written [address]:port".into());
+        };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("`{h}` is not an IPv6 address"));
+        }
+        (h, p)
+    } else {
+        let Some((h, p)) = s.rsplit_once(':') else {
+            return Err("expected host:port, like 127.0.0.1:9001".into());
+        };
+        if h.contains(':') {
+            return Err("an IPv6 instance is written [address]:port".into());
+        }
+        (h, p)
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("port `{port}` is not a number from 1 to 65535")),
+    }
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid_dns = host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !valid_dns {
+        return Err(format!("`{host}` is not an IP address or a DNS name"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locations of nodes. serde_yaml reports the position of the innermost value being read when a
+// `Deserialize` impl fails, so a seed that walks to a path and fails there yields its position.
+
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+const HERE: &str = "\u{0}scoregate-locate";
+
+/// Line and column (1-based) of the key at the end of `path` (of the element, for an index).
+fn locate(src: &str, path: &[Seg<'_>]) -> Option<(usize, usize)> {
+    if path.is_empty() {
+        return Some((1, 1));
+    }
+    match Locate(path).deserialize(yaml::Deserializer::from_str(src)) {
+        Err(e) if e.to_string().contains(HERE) => e.location().map(|l| (l.line(), l.column())),
+        _ => None,
+    }
+}
+
+struct Locate<'p>(&'p [Seg<'p>]);
+
+impl<'de> DeserializeSeed<'de> for Locate<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.0.is_empty() {
+            return Err(de::Error::custom(HERE));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Locate<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("anything")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Seg::Key(want) = self.0[0] else {
+            return Ok(());
+        };
+        let last = self.0.len() == 1;
+        while let Some(hit) = map.next_key_seed(KeyProbe { want, last })? {
+            if hit {
+                return map.next_value_seed(Locate(&self.0[1..]));
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Seg::Index(want) = self.0[0] else {
+            return Ok(());
+        };
+        let mut i = 0;
+        loop {
+            if i == want {
+                return seq.next_element_seed(Locate(&self.0[1..])).map(|_| ());
+            }
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+struct KeyProbe<'a> {
+    want: &'a str,
+    last: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyProbe<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        let key = Scalar::deserialize(d).map(|s| s.0).unwrap_or_default();
+        if key == self.want {
+            if self.last {
+                return Err(de::Error::custom(HERE));
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,15 @@
+//! scoregate: a traffic-splitting reverse proxy for model-scoring endpoints.
+//!
+//! Data path: endpoint file → [`config`] (validate) → [`routing`] (compiled table, one
+//! `ArcSwap::load` per request) → [`proxy`] (per request) → [`upstream`] (pooled client).
+//! Errors the proxy answers itself are in [`error`]; commands in [`app`]; the built-in scoring
+//! server in [`scoring`].
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod routing;
+pub mod scoring;
+pub mod upstream;

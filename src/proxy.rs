@@ -1,0 +1,177 @@
+//! The data plane: accepts client connections and, per request, reads the table once, chooses a
+//! deployment and an instance, forwards the request and streams the answer back. The middle of
+//! the data path (`routing` → `proxy` → `upstream`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{Scheme, Uri};
+use http::{HeaderName, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::error::{ProxyError, error_response};
+use crate::routing::Table;
+use crate::upstream::{self, RequestBody, ResponseBody, UpstreamClient};
+
+static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Shared state of the data plane: the live table (written only by the loader) and the client.
+pub struct Proxy {
+    table: Arc<ArcSwap<Table>>,
+    client: UpstreamClient,
+}
+
+impl Proxy {
+    pub fn new(table: Arc<ArcSwap<Table>>) -> Self {
+        Proxy {
+            table,
+            client: upstream::client(),
+        }
+    }
+
+    /// Serves one request. Never fails: every error becomes a JSON answer.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
+        // The request keeps this table until it ends, whatever reloads happen meanwhile.
+        let table = self.table.load_full();
+        match self.forward(&table, req, remote).await {
+            Ok(resp) => resp,
+            Err((err, dep)) => error_response(&err, dep.map(|i| &table.deployments[i].header_value)),
+        }
+    }
+
+    async fn forward(
+        &self,
+        table: &Table,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Result<Response<ResponseBody>, (ProxyError, Option<usize>)> {
+        let limit = table.max_request_body_bytes;
+        if let Some(len) = content_length(req.headers()) {
+            if len > limit {
+                return Err((ProxyError::BodyTooLarge { limit }, None));
+            }
+        }
+        let choice = table
+            .choose(req.headers().get(&table.pin_header), &mut rand::rng())
+            .map_err(|e| (e, None))?;
+        let dep = &table.deployments[choice.index];
+        let at = |e| (e, Some(choice.index));
+        let slot = dep.acquire().await.map_err(at)?;
+
+        let (mut parts, body) = req.into_parts();
+        upstream::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::EXPECT);
+        append_forwarded_for(&mut parts.headers, remote);
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(slot.instance.authority.clone());
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from_parts(uri).map_err(|_| at(ProxyError::Protocol))?;
+        let upstream_req = Request::from_parts(parts, RequestBody::new(body, limit));
+
+        let timeout = dep.settings.request_timeout;
+        let resp = match tokio::time::timeout(timeout, self.client.request(upstream_req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let err = upstream::classify(&e);
+                if !matches!(err, ProxyError::BodyTooLarge { .. }) {
+                    tracing::warn!(
+                        deployment = %dep.name,
+                        instance = %slot.instance.addr,
+                        error = %upstream::describe(&e),
+                        "upstream exchange failed"
+                    );
+                }
+                return Err(at(err));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    deployment = %dep.name,
+                    instance = %slot.instance.addr,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "instance did not answer in time"
+                );
+                return Err(at(ProxyError::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                }));
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        upstream::strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
+        Ok(Response::from_parts(parts, ResponseBody::upstream(body, slot)))
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Appends the client's address to `x-forwarded-for` (joining earlier values, as Envoy does).
+fn append_forwarded_for(headers: &mut http::HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        joined.push_str(", ");
+        joined.push_str(&ip);
+        joined
+    } else {
+        ip
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Accepts connections on `listener` until the process ends. Connection tasks log and never
+/// panic.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).keep_alive(true);
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,378 @@
+//! The routing table: compiled once from a validated [`EndpointConfig`], read by every request
+//! through one `ArcSwap::load`. Second step of the data path (config → `routing` → proxy): it
+//! chooses the deployment (pin, then weighted random) and the instance (power of two choices on
+//! requests in flight, within the per-instance concurrency limit).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue};
+use rand::{Rng, RngExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{EndpointConfig, RequestSettings};
+use crate::error::ProxyError;
+
+/// One scoring instance. Shared between tables across reloads when its deployment and address
+/// stay the same, so its pooled connections and counters survive.
+#[derive(Debug)]
+pub struct Instance {
+    /// The instance exactly as written in the file.
+    pub addr: Box<str>,
+    /// `host:port` for the upstream URI.
+    pub authority: Authority,
+    in_flight: AtomicU32,
+}
+
+impl Instance {
+    fn new(addr: &str) -> Option<Self> {
+        Some(Instance {
+            addr: addr.into(),
+            authority: Authority::from_str(addr).ok()?,
+            in_flight: AtomicU32::new(0),
+        })
+    }
+
+    /// Requests this instance is serving now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Takes one slot if fewer than `limit` (0 = unlimited) are taken.
+    fn try_take(&self, limit: u32) -> bool {
+        if limit == 0 {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// A request's claim on an instance: released (in-flight count and queue permit) on drop, which
+/// happens when the response body has finished streaming or the exchange failed.
+#[derive(Debug)]
+pub struct Slot {
+    pub instance: Arc<Instance>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Runs before the permit is released, so a permit holder always finds a free instance.
+        self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One deployment in the live table.
+#[derive(Debug)]
+pub struct Deployment {
+    pub name: Box<str>,
+    /// `x-deployment` value, built once.
+    pub header_value: HeaderValue,
+    /// Live weight 0–100.
+    pub weight: u8,
+    pub instances: Box<[Arc<Instance>]>,
+    pub settings: RequestSettings,
+    /// With `max_concurrent_requests_per_instance` > 0: limit × instances permits, granted in
+    /// arrival order.
+    limiter: Option<Arc<Semaphore>>,
+}
+
+impl Deployment {
+    /// Claims an instance, waiting up to `max_queue_wait` when all are at their limit.
+    pub async fn acquire(&self) -> Result<Slot, ProxyError> {
+        let limit = self.settings.max_concurrent_per_instance;
+        let permit = match &self.limiter {
+            None => None,
+            Some(sem) => {
+                let sem = sem.clone();
+                let permit = match sem.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) if self.settings.max_queue_wait.is_zero() => None,
+                    Err(_) => tokio::time::timeout(self.settings.max_queue_wait, sem.acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                };
+                if permit.is_none() {
+                    return Err(ProxyError::Overloaded {
+                        limit,
+                        wait_ms: self.settings.max_queue_wait.as_millis() as u64,
+                    });
+                }
+                permit
+            }
+        };
+        let i = self.pick_instance(&mut rand::rng());
+        Ok(Slot {
+            instance: self.instances[i].clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Chooses an instance and takes a slot on it: the less loaded of two random ones, or with a
+    /// limit, the first with room (a permit guarantees one has room).
+    pub fn pick_instance<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        let limit = self.settings.max_concurrent_per_instance;
+        let n = self.instances.len();
+        let first = if n == 1 {
+            0
+        } else {
+            let a = rng.random_range(0..n);
+            let b = (a + 1 + rng.random_range(0..n - 1)) % n;
+            if self.instances[b].in_flight() < self.instances[a].in_flight() {
+                b
+            } else {
+                a
+            }
+        };
+        if self.instances[first].try_take(limit) {
+            return first;
+        }
+        // Only with a limit: another request took the last slot there; scan for room.
+        loop {
+            for k in 1..=n {
+                let i = (first + k) % n;
+                if self.instances[i].try_take(limit) {
+                    return i;
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The immutable routing table. Compiled once per valid file.
+#[derive(Debug)]
+pub struct Table {
+    /// Counts successful loads with new content; 1 for the first.
+    pub generation: u64,
+    pub pin_header: HeaderName,
+    /// In `traffic:` order, then the other deployments.
+    pub deployments: Box<[Deployment]>,
+    /// (exclusive cumulative upper bound, deployment index) for weights > 0.
+    cumulative: Box<[(u32, usize)]>,
+    /// 100, or 0 when no deployment takes unpinned traffic.
+    pub total_weight: u32,
+    pub max_request_body_bytes: u64,
+    known_names: Box<str>,
+}
+
+/// The outcome of choosing a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub index: usize,
+    pub pinned: bool,
+}
+
+impl Table {
+    /// Builds the table; instances of `previous` with the same deployment and address are kept.
+    pub fn compile(cfg: &EndpointConfig, generation: u64, previous: Option<&Table>) -> Table {
+        let mut deployments = Vec::with_capacity(cfg.deployments.len());
+        let mut cumulative = Vec::new();
+        let mut total = 0u32;
+        for (index, d) in cfg.deployments.iter().enumerate() {
+            let old = previous.and_then(|t| t.deployment(&d.name));
+            let instances: Box<[Arc<Instance>]> = d
+                .instances
+                .iter()
+                .filter_map(|addr| {
+                    old.and_then(|o| o.instances.iter().find(|i| &*i.addr == addr).cloned())
+                        .or_else(|| Instance::new(addr).map(Arc::new))
+                })
+                .collect();
+            let limit = d.request.max_concurrent_per_instance as usize;
+            let limiter = (limit > 0).then(|| {
+                Arc::new(Semaphore::new(
+                    limit
+                        .saturating_mul(instances.len())
+                        .min(Semaphore::MAX_PERMITS),
+                ))
+            });
+            if d.weight > 0 {
+                total += u32::from(d.weight);
+                cumulative.push((total, index));
+            }
+            deployments.push(Deployment {
+                name: d.name.as_str().into(),
+                header_value: HeaderValue::from_str(&d.name)
+                    .unwrap_or(HeaderValue::from_static("invalid")),
+                weight: d.weight,
+                instances,
+                settings: d.request.clone(),
+                limiter,
+            });
+        }
+        let known_names = cfg
+            .deployments
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into();
+        Table {
+            generation,
+            pin_header: cfg.pin_header.clone(),
+            deployments: deployments.into(),
+            cumulative: cumulative.into(),
+            total_weight: total,
+            max_request_body_bytes: cfg.max_request_body_bytes,
+            known_names,
+        }
+    }
+
+    /// The deployment named `name`.
+    pub fn deployment(&self, name: &str) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| &*d.name == name)
+    }
+
+    /// Chooses the deployment: the pinned one if `pin` is given, else weighted random.
+    pub fn choose<R: Rng + ?Sized>(
+        &self,
+        pin: Option<&HeaderValue>,
+        rng: &mut R,
+    ) -> Result<Choice, ProxyError> {
+        if let Some(pin) = pin {
+            let wanted = pin.as_bytes();
+            return match self
+                .deployments
+                .iter()
+                .position(|d| d.name.as_bytes() == wanted)
+            {
+                Some(index) => Ok(Choice {
+                    index,
+                    pinned: true,
+                }),
+                None => Err(ProxyError::UnknownPin {
+                    header: self.pin_header.clone(),
+                    value: String::from_utf8_lossy(wanted).into_owned(),
+                    known: self.known_names.to_string(),
+                }),
+            };
+        }
+        if self.total_weight == 0 {
+            return Err(ProxyError::NoTraffic {
+                header: self.pin_header.clone(),
+            });
+        }
+        let x = rng.random_range(0..self.total_weight);
+        let index = self
+            .cumulative
+            .iter()
+            .find(|(upper, _)| x < *upper)
+            .map_or(self.cumulative[self.cumulative.len() - 1].1, |c| c.1);
+        Ok(Choice {
+            index,
+            pinned: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use std::path::Path;
+
+    fn table(yaml: &str) -> Table {
+        let loaded = parse_str(yaml, Path::new("t.yaml")).expect("valid");
+        Table::compile(&loaded.config, 1, None)
+    }
+
+    const TWO: &str = "traffic: {blue: 90, green: 10}\ndeployments:\n  blue: {instances: [127.0.0.1:9001, 127.0.0.1:9002]}\n  green: {instances: [127.0.0.1:9101]}\n";
+
+    #[test]
+    fn weighted_choice_follows_weights_with_a_seeded_rng() {
+        let t = table(TWO);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = [0u32; 2];
+        for _ in 0..100_000 {
+            counts[t.choose(None, &mut rng).unwrap().index] += 1;
+        }
+        // 90/10 over 100k: sigma of the green count is ~95, allow 5 sigma.
+        assert!((counts[1] as i64 - 10_000).abs() < 475, "{counts:?}");
+    }
+
+    #[test]
+    fn zero_weight_is_never_chosen_unpinned_but_can_be_pinned() {
+        let t = table(&TWO.replace("blue: 90, green: 10", "blue: 100, green: 0"));
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..10_000 {
+            assert_eq!(t.choose(None, &mut rng).unwrap().index, 0);
+        }
+        let pin = HeaderValue::from_static("green");
+        let c = t.choose(Some(&pin), &mut rng).unwrap();
+        assert_eq!((c.index, c.pinned), (1, true));
+    }
+
+    #[test]
+    fn unknown_pin_lists_the_deployments() {
+        let t = table(TWO);
+        let err = t
+            .choose(Some(&HeaderValue::from_static("purple")), &mut rand::rng())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown deployment \"purple\" in the x-api-version header; known deployments: blue, green"
+        );
+    }
+
+    #[test]
+    fn all_zero_weights_refuse_unpinned_requests() {
+        let t = table(&TWO.replace("blue: 90, green: 10", "blue: 0, green: 0"));
+        assert!(matches!(
+            t.choose(None, &mut rand::rng()),
+            Err(ProxyError::NoTraffic { .. })
+        ));
+    }
+
+    #[test]
+    fn power_of_two_choices_prefers_the_idle_instance() {
+        let t = table(TWO);
+        let d = &t.deployments[0];
+        d.instances[0].in_flight.store(5, Ordering::Relaxed);
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..100 {
+            let i = d.pick_instance(&mut rng);
+            assert_eq!(i, 1);
+            d.instances[1].in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn instances_survive_a_recompile() {
+        let t1 = table(TWO);
+        let loaded = parse_str(&TWO.replace("90, green: 10", "50, green: 50"), Path::new("t"))
+            .unwrap()
+            .config;
+        let t2 = Table::compile(&loaded, 2, Some(&t1));
+        assert!(Arc::ptr_eq(
+            &t1.deployments[0].instances[1],
+            &t2.deployments[0].instances[1]
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_deployment_answers_overload_after_the_queue_wait() {
+        let t = table(
+            "traffic: {blue: 100}\ndeployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request: {max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 200}\n",
+        );
+        let d = &t.deployments[0];
+        let held = d.acquire().await.unwrap();
+        let start = tokio::time::Instant::now();
+        let err = d.acquire().await.unwrap_err();
+        assert!(matches!(err, ProxyError::Overloaded { .. }));
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
+        drop(held);
+        let again = d.acquire().await.unwrap();
+        assert_eq!(again.instance.in_flight(), 1);
+    }
+}
