@@ -280,7 +280,8 @@ struct KeySeed<'a> {
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = String;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        let key = String::deserialize(d)?;
+        scalar_with(d, |key| {
+        let key = key.to_string();
         let allowed = self.known.contains(&key.as_str())
             || (self.azure && AZURE_IGNORED_KEYS.contains(&key.as_str()));
         if !allowed {
@@ -290,15 +291,13 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
             } else {
                 msg.push_str(&format!("; expected one of: {}", self.known.join(", ")));
             }
-            return Err(de::Error::custom(msg));
+            return Err(msg);
         }
         if !self.seen.insert(key.clone()) {
-            return Err(de::Error::custom(format!(
-                "duplicate key `{key}` in {}",
-                self.what
-            )));
+            return Err(format!("duplicate key `{key}` in {}", self.what));
         }
         Ok(key)
+        })
     }
 }
 
@@ -363,24 +362,40 @@ impl<'de> Deserialize<'de> for RawFile {
 struct Scalar(String);
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
+        scalar_with(d, |s| Ok(Scalar(s.to_string())))
     }
+}
+
+/// Reads a scalar as text and applies `check` while the deserializer is still on it, so that a
+/// refusal carries the scalar's own position.
+fn scalar_with<'de, D, T, F>(d: D, check: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str) -> Result<T, String>,
+{
+    struct V<F>(F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a plain value (text or number)")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.0)(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            (self.0)(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            (self.0)(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+            (self.0)(&v.to_string()).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V(check))
 }
 
 /// `traffic:`: an ordered map of deployment name → integer weight.
@@ -418,14 +433,12 @@ struct NameSeed<'a> {
 impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
     type Value = String;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        let name = Scalar::deserialize(d)?.0;
-        if !self.seen.insert(name.clone()) {
-            return Err(de::Error::custom(format!(
-                "deployment `{name}` appears twice in `{}`",
-                self.what
-            )));
-        }
-        Ok(name)
+        scalar_with(d, |name| {
+            if !self.seen.insert(name.to_string()) {
+                return Err(format!("deployment `{name}` appears twice in `{}`", self.what));
+            }
+            Ok(name.to_string())
+        })
     }
 }
 
@@ -978,7 +991,8 @@ impl<'de> DeserializeSeed<'de> for Locate<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         if self.0.is_empty() {
-            return Err(de::Error::custom(HERE));
+            // Fail inside the deserializer so the error carries this node's position.
+            return d.deserialize_any(Here).map(|_| ());
         }
         d.deserialize_any(self)
     }
@@ -1037,6 +1051,39 @@ impl<'de> Visitor<'de> for Locate<'_> {
     }
 }
 
+/// Fails on whatever node it is given.
+struct Here;
+impl<'de> Visitor<'de> for Here {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("anything")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(HERE))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(HERE))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(HERE))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(E::custom(HERE))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(E::custom(HERE))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(E::custom(HERE))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(E::custom(HERE))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(HERE))
+    }
+}
+
 struct KeyProbe<'a> {
     want: &'a str,
     last: bool,
@@ -1045,14 +1092,11 @@ struct KeyProbe<'a> {
 impl<'de> DeserializeSeed<'de> for KeyProbe<'_> {
     type Value = bool;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        let key = Scalar::deserialize(d).map(|s| s.0).unwrap_or_default();
-        if key == self.want {
-            if self.last {
-                return Err(de::Error::custom(HERE));
-            }
-            return Ok(true);
-        }
-        Ok(false)
+        let (want, last) = (self.want, self.last);
+        scalar_with(d, |key| match (key == want, last) {
+            (true, true) => Err(HERE.to_string()),
+            (hit, _) => Ok(hit),
+        })
     }
 }
 
