@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::{Scheme, Uri};
 use http::{HeaderName, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -56,6 +57,7 @@ impl Proxy {
         let limit = table.max_request_body_bytes;
         if let Some(len) = content_length(req.headers()) {
             if len > limit {
+                drain_in_background(req.into_body());
                 return Err((ProxyError::BodyTooLarge { limit }, None));
             }
         }
@@ -111,6 +113,25 @@ impl Proxy {
             .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
         Ok(Response::from_parts(parts, ResponseBody::upstream(body, slot)))
     }
+}
+
+/// Reads and discards a refused body for a short while (nginx's lingering close), so that a
+/// client still sending it reads the error instead of a connection reset.
+fn drain_in_background(mut body: Incoming) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+    const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+    tokio::spawn(async move {
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

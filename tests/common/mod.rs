@@ -1,0 +1,421 @@
+//! Test harness: real backends on 127.0.0.1 port 0, the real `scoregate` binary, a small client.
+//! Everything started here is stopped when its handle drops.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_scoregate");
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// False when the body broke off before its end.
+    pub complete: bool,
+}
+
+/// How a backend answers.
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    pub status: StatusCode,
+    pub delay: Duration,
+    /// Answer with the request body instead of the default JSON.
+    pub echo: bool,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            status: StatusCode::OK,
+            delay: Duration::ZERO,
+            echo: false,
+        }
+    }
+}
+
+/// An in-process scoring backend on a real loopback socket. Answers `{"deployment": NAME}` with
+/// `x-backend: NAME`, records every request and the most requests it held at once.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    current: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::with(name, Behavior::default()).await
+    }
+
+    pub async fn with(name: &str, behavior: Behavior) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let current = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let state = (
+            name.to_string(),
+            behavior,
+            seen.clone(),
+            current.clone(),
+            max.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let state = Arc::new(state);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let (name, behavior, seen, current, max) = &*state;
+                            let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                            max.fetch_max(now, Ordering::SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let collected = body.collect().await.map(|b| b.to_bytes());
+                            let complete = collected.is_ok();
+                            let body = collected.unwrap_or_default();
+                            seen.lock().unwrap().push(Seen {
+                                method: parts.method.clone(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers.clone(),
+                                body: body.clone(),
+                                complete,
+                            });
+                            if !behavior.delay.is_zero() {
+                                tokio::time::sleep(behavior.delay).await;
+                            }
+                            current.fetch_sub(1, Ordering::SeqCst);
+                            let out = if behavior.echo {
+                                body
+                            } else {
+                                Bytes::from(format!("{{\"deployment\":\"{name}\"}}"))
+                            };
+                            let mut resp = Response::new(Full::new(out));
+                            *resp.status_mut() = behavior.status;
+                            resp.headers_mut()
+                                .insert("x-backend", name.parse().unwrap());
+                            resp.headers_mut()
+                                .insert("x-upstream-custom", "kept".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("keep-alive", "timeout=5".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            seen,
+            current,
+            max,
+            task,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    /// Requests whose body arrived whole.
+    pub fn complete(&self) -> usize {
+        self.seen.lock().unwrap().iter().filter(|s| s.complete).count()
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn max_concurrent(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A port on which nothing listens (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Builds an endpoint file.
+#[derive(Default, Clone)]
+pub struct EndpointFile {
+    deployments: Vec<(String, Vec<String>, Option<u8>, String)>,
+    extra: String,
+}
+
+impl EndpointFile {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A deployment with its weight (`None`: not named in `traffic`).
+    pub fn deployment(mut self, name: &str, instances: &[SocketAddr], weight: Option<u8>) -> Self {
+        self.deployments.push((
+            name.into(),
+            instances.iter().map(|a| a.to_string()).collect(),
+            weight,
+            String::new(),
+        ));
+        self
+    }
+    /// `request:` settings for the last deployment, as YAML flow-map entries.
+    pub fn request(mut self, settings: &str) -> Self {
+        if let Some(d) = self.deployments.last_mut() {
+            d.3 = settings.into();
+        }
+        self
+    }
+    /// Extra top-level lines.
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self.extra.push('\n');
+        self
+    }
+    pub fn yaml(&self) -> String {
+        let mut s = String::from("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");
+        s.push_str(&self.extra);
+        s.push_str("traffic:\n");
+        for (name, _, w, _) in &self.deployments {
+            if let Some(w) = w {
+                s.push_str(&format!("  {name}: {w}\n"));
+            }
+        }
+        s.push_str("deployments:\n");
+        for (name, inst, _, req) in &self.deployments {
+            s.push_str(&format!("  {name}:\n    instances: [{}]\n", inst.join(", ")));
+            if !req.is_empty() {
+                s.push_str(&format!("    request: {{{req}}}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// A running child process whose stderr is drained into a buffer.
+pub struct Proc {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+    pub config: Option<PathBuf>,
+}
+
+impl Proc {
+    /// Spawns `scoregate ARGS` and waits for the stderr line containing `ready` with `addr=`.
+    pub fn spawn(args: &[&str], ready: &str) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn scoregate");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_string();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push_str(&line);
+                log2.lock().unwrap().push('\n');
+                if line.contains(&ready) {
+                    if let Some(i) = line.find("addr=") {
+                        let a = line[i + 5..].split_whitespace().next().unwrap_or("");
+                        if let (Some(tx), Ok(a)) = (tx.take(), a.parse::<SocketAddr>()) {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Proc {
+                child,
+                addr,
+                log,
+                _dir: None,
+                config: None,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "scoregate {args:?} did not become ready; log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// `scoregate run` with this endpoint file, in its own temp dir.
+    pub fn proxy(file: &str) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("endpoint.yaml");
+        std::fs::write(&path, file).unwrap();
+        let mut p = Proc::spawn(
+            &["run", "--config", path.to_str().unwrap()],
+            "data plane listening",
+        );
+        p._dir = Some(dir);
+        p.config = Some(path);
+        p
+    }
+
+    /// `scoregate score-server` on a free port.
+    pub fn score_server(name: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["score-server", "--name", name, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Proc::spawn(&args, "scoring server listening")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `scoregate ARGS` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `content` to a temp file named `name` and returns its dir guard and path.
+pub fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).unwrap();
+    (dir, path)
+}
+
+/// A keep-alive HTTP/1 client.
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An answer, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn deployment(&self) -> &str {
+        self.headers
+            .get("x-deployment")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
+        })
+    }
+}
+
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Answer {
+    let resp = client.request(req).await.expect("request failed");
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn get(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until the server closes
+/// or `wait` passes.
+pub fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Pearson's chi-square statistic of `observed` counts against `weights` (percent).
+pub fn chi_square(observed: &[usize], weights: &[f64]) -> f64 {
+    let n: usize = observed.iter().sum();
+    let total: f64 = weights.iter().sum();
+    observed
+        .iter()
+        .zip(weights)
+        .map(|(&o, &w)| {
+            let e = n as f64 * w / total;
+            (o as f64 - e).powi(2) / e
+        })
+        .sum()
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
