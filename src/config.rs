@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_yaml as yaml;
 
 /// Default data-plane address.
@@ -203,15 +203,15 @@ pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
         warnings: Vec::new(),
     };
     let config = v.validate(raw);
-    if v.errors.is_empty() {
-        if let Some(config) = config {
-            v.warnings.sort_by_key(|d| (d.line, d.column));
-            return Ok(Loaded {
-                config,
-                warnings: v.warnings,
-                source: src.to_string(),
-            });
-        }
+    if v.errors.is_empty()
+        && let Some(config) = config
+    {
+        v.warnings.sort_by_key(|d| (d.line, d.column));
+        return Ok(Loaded {
+            config,
+            warnings: v.warnings,
+            source: src.to_string(),
+        });
     }
     v.errors.sort_by_key(|d| (d.line, d.column));
     Err(fail(v.errors))
@@ -281,22 +281,22 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = String;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
         scalar_with(d, |key| {
-        let key = key.to_string();
-        let allowed = self.known.contains(&key.as_str())
-            || (self.azure && AZURE_IGNORED_KEYS.contains(&key.as_str()));
-        if !allowed {
-            let mut msg = format!("unknown key `{key}` in {}", self.what);
-            if let Some(s) = suggest(&key, self.known) {
-                msg.push_str(&format!(" (did you mean `{s}`?)"));
-            } else {
-                msg.push_str(&format!("; expected one of: {}", self.known.join(", ")));
+            let key = key.to_string();
+            let allowed = self.known.contains(&key.as_str())
+                || (self.azure && AZURE_IGNORED_KEYS.contains(&key.as_str()));
+            if !allowed {
+                let mut msg = format!("unknown key `{key}` in {}", self.what);
+                if let Some(s) = suggest(&key, self.known) {
+                    msg.push_str(&format!(" (did you mean `{s}`?)"));
+                } else {
+                    msg.push_str(&format!("; expected one of: {}", self.known.join(", ")));
+                }
+                return Err(msg);
             }
-            return Err(msg);
-        }
-        if !self.seen.insert(key.clone()) {
-            return Err(format!("duplicate key `{key}` in {}", self.what));
-        }
-        Ok(key)
+            if !self.seen.insert(key.clone()) {
+                return Err(format!("duplicate key `{key}` in {}", self.what));
+            }
+            Ok(key)
         })
     }
 }
@@ -435,7 +435,10 @@ impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
         scalar_with(d, |name| {
             if !self.seen.insert(name.to_string()) {
-                return Err(format!("deployment `{name}` appears twice in `{}`", self.what));
+                return Err(format!(
+                    "deployment `{name}` appears twice in `{}`",
+                    self.what
+                ));
             }
             Ok(name.to_string())
         })
@@ -469,7 +472,9 @@ impl<'de> Deserialize<'de> for Weight {
                 )))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Weight, E> {
-                Err(E::custom("weight is missing: write an integer from 0 to 100"))
+                Err(E::custom(
+                    "weight is missing: write an integer from 0 to 100",
+                ))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Weight, E> {
                 Err(E::custom(format!(
@@ -642,15 +647,19 @@ impl Validator<'_> {
         use Seg::{Index as I, Key as K};
 
         let listen = self.socket_addr("listen", raw.listen.as_deref(), DEFAULT_LISTEN);
-        let admin_listen =
-            self.socket_addr("admin_listen", raw.admin_listen.as_deref(), DEFAULT_ADMIN_LISTEN);
-        if let (Some(a), Some(b)) = (listen, admin_listen) {
-            if a == b && a.port() != 0 {
-                self.error(
-                    &[K("admin_listen")],
-                    format!("admin_listen {b} is the same address as listen"),
-                );
-            }
+        let admin_listen = self.socket_addr(
+            "admin_listen",
+            raw.admin_listen.as_deref(),
+            DEFAULT_ADMIN_LISTEN,
+        );
+        if let (Some(a), Some(b)) = (listen, admin_listen)
+            && a == b
+            && a.port() != 0
+        {
+            self.error(
+                &[K("admin_listen")],
+                format!("admin_listen {b} is the same address as listen"),
+            );
         }
 
         let pin_header = match raw.pin_header.as_deref() {
@@ -814,7 +823,11 @@ impl Validator<'_> {
                 None => {}
             }
         }
-        let all_in_range = raw.traffic.iter().flatten().all(|(_, w)| (0..=100).contains(w));
+        let all_in_range = raw
+            .traffic
+            .iter()
+            .flatten()
+            .all(|(_, w)| (0..=100).contains(w));
         if all_in_range && sum != 100 && sum != 0 {
             let detail = raw
                 .traffic

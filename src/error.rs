@@ -57,7 +57,10 @@ impl ProxyError {
 }
 
 /// The response for `err`: its status and `{"error": "...", "deployment": NAME or null}`.
-pub fn error_response(err: &ProxyError, deployment: Option<&HeaderValue>) -> Response<ResponseBody> {
+pub fn error_response(
+    err: &ProxyError,
+    deployment: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
     let body = serde_json::json!({
         "error": err.to_string(),
         "deployment": deployment.and_then(|d| d.to_str().ok()),

@@ -39,12 +39,18 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error becomes a JSON answer.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ResponseBody> {
         // The request keeps this table until it ends, whatever reloads happen meanwhile.
         let table = self.table.load_full();
         match self.forward(&table, req, remote).await {
             Ok(resp) => resp,
-            Err((err, dep)) => error_response(&err, dep.map(|i| &table.deployments[i].header_value)),
+            Err((err, dep)) => {
+                error_response(&err, dep.map(|i| &table.deployments[i].header_value))
+            }
         }
     }
 
@@ -55,11 +61,11 @@ impl Proxy {
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, (ProxyError, Option<usize>)> {
         let limit = table.max_request_body_bytes;
-        if let Some(len) = content_length(req.headers()) {
-            if len > limit {
-                drain_in_background(req.into_body());
-                return Err((ProxyError::BodyTooLarge { limit }, None));
-            }
+        if let Some(len) = content_length(req.headers())
+            && len > limit
+        {
+            drain_in_background(req.into_body());
+            return Err((ProxyError::BodyTooLarge { limit }, None));
         }
         let choice = table
             .choose(req.headers().get(&table.pin_header), &mut rand::rng())
@@ -111,7 +117,10 @@ impl Proxy {
         parts
             .headers
             .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
-        Ok(Response::from_parts(parts, ResponseBody::upstream(body, slot)))
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, slot),
+        ))
     }
 }
 

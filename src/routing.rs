@@ -40,6 +40,12 @@ impl Instance {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Gives back a slot taken by [`Deployment::pick_instance`] without a [`Slot`] (benchmarks).
+    #[doc(hidden)]
+    pub fn release_for_bench(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Takes one slot if fewer than `limit` (0 = unlimited) are taken.
     fn try_take(&self, limit: u32) -> bool {
         if limit == 0 {
@@ -95,10 +101,12 @@ impl Deployment {
                 let permit = match sem.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
                     Err(_) if self.settings.max_queue_wait.is_zero() => None,
-                    Err(_) => tokio::time::timeout(self.settings.max_queue_wait, sem.acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(Result::ok),
+                    Err(_) => {
+                        tokio::time::timeout(self.settings.max_queue_wait, sem.acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
                 };
                 if permit.is_none() {
                     return Err(ProxyError::Overloaded {
@@ -350,9 +358,12 @@ mod tests {
     #[test]
     fn instances_survive_a_recompile() {
         let t1 = table(TWO);
-        let loaded = parse_str(&TWO.replace("90, green: 10", "50, green: 50"), Path::new("t"))
-            .unwrap()
-            .config;
+        let loaded = parse_str(
+            &TWO.replace("90, green: 10", "50, green: 50"),
+            Path::new("t"),
+        )
+        .unwrap()
+        .config;
         let t2 = Table::compile(&loaded, 2, Some(&t1));
         assert!(Arc::ptr_eq(
             &t1.deployments[0].instances[1],

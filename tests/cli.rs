@@ -12,8 +12,14 @@ fn check_prints_the_traffic_table_and_exits_0() {
     let (code, out, err) = run_cli(&["check", repo_path("config/demo.yaml").to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("valid"), "{out}");
-    assert!(out.contains("blue           90%  127.0.0.1:9001, 127.0.0.1:9002"), "{out}");
-    assert!(out.contains("green          10%  127.0.0.1:9101, 127.0.0.1:9102"), "{out}");
+    assert!(
+        out.contains("blue           90%  127.0.0.1:9001, 127.0.0.1:9002"),
+        "{out}"
+    );
+    assert!(
+        out.contains("green          10%  127.0.0.1:9101, 127.0.0.1:9102"),
+        "{out}"
+    );
     assert_eq!(err, "");
 }
 
@@ -31,7 +37,9 @@ fn check_reports_every_error_as_file_line_col_and_exits_1() {
     assert_eq!(
         lines,
         vec![
-            format!("{p}:1:1: traffic weights sum to 110 (blue=90 + green=20); they must sum to exactly 100, or all be 0"),
+            format!(
+                "{p}:1:1: traffic weights sum to 110 (blue=90 + green=20); they must sum to exactly 100, or all be 0"
+            ),
             format!("{p}:8:17: instance `nohost`: expected host:port, like 127.0.0.1:9001"),
         ]
     );
@@ -48,7 +56,9 @@ fn check_a_misspelt_key_names_the_line_and_suggests() {
     assert_eq!(code, 1);
     assert_eq!(
         err.trim(),
-        format!("{p}:6:7: deployments.blue.request: unknown key `request_timeout` in request settings (did you mean `request_timeout_ms`?)")
+        format!(
+            "{p}:6:7: deployments.blue.request: unknown key `request_timeout` in request settings (did you mean `request_timeout_ms`?)"
+        )
     );
 }
 
@@ -56,7 +66,10 @@ fn check_a_misspelt_key_names_the_line_and_suggests() {
 fn check_a_missing_file_is_a_clear_error() {
     let (code, _, err) = run_cli(&["check", "/nonexistent/endpoint.yaml"]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("/nonexistent/endpoint.yaml:1:1: cannot read the file:"), "{err}");
+    assert!(
+        err.starts_with("/nonexistent/endpoint.yaml:1:1: cannot read the file:"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -70,8 +83,18 @@ fn check_warns_on_azure_keys_and_aml_token() {
     let (code, out, err) = run_cli(&["check", p]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("blue          100%"), "{out}");
-    assert!(err.contains(&format!("{p}:1:1: warning: `$schema` is an Azure ML setting")), "{err}");
-    assert!(err.contains(&format!("{p}:4:1: warning: WARNING: auth_mode `aml_token` is NOT enforced")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{p}:1:1: warning: `$schema` is an Azure ML setting"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{p}:4:1: warning: WARNING: auth_mode `aml_token` is NOT enforced"
+        )),
+        "{err}"
+    );
     assert!(err.contains(&format!("{p}:9:5: warning: `model`")), "{err}");
 }
 
@@ -86,7 +109,10 @@ fn every_shipped_endpoint_file_passes_check() {
             n += 1;
         }
     }
-    assert!(n >= 6, "expected demo.yaml and the five canary steps, found {n}");
+    assert!(
+        n >= 6,
+        "expected demo.yaml and the five canary steps, found {n}"
+    );
 }
 
 #[test]
@@ -95,7 +121,12 @@ fn run_with_an_invalid_file_prints_the_errors_and_exits_1() {
     let p = path.to_str().unwrap();
     let (code, _, err) = run_cli(&["run", "--config", p]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{p}:1:17: traffic.blue: weight \"100\" is a string")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{p}:1:17: traffic.blue: weight \"100\" is a string"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,8 +137,14 @@ fn run_with_unsupported_features_refuses_them() {
     );
     let (code, _, err) = run_cli(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(":1:1: `sticky_header` is not supported yet"), "{err}");
-    assert!(err.contains(":2:1: `mirror_traffic` is not supported yet"), "{err}");
+    assert!(
+        err.contains(":1:1: `sticky_header` is not supported yet"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":2:1: `mirror_traffic` is not supported yet"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -116,17 +153,30 @@ fn run_on_a_port_in_use_says_so() {
     let addr = taken.local_addr().unwrap();
     let (_dir, path) = temp_file(
         "e.yaml",
-        &format!("listen: {addr}\ntraffic: {{blue: 100}}\ndeployments:\n  blue: {{instances: [127.0.0.1:9001]}}\n"),
+        &format!(
+            "listen: {addr}\ntraffic: {{blue: 100}}\ndeployments:\n  blue: {{instances: [127.0.0.1:9001]}}\n"
+        ),
     );
     let (code, _, err) = run_cli(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("cannot listen on {addr} (data plane):")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (data plane):")),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
 #[test]
 fn bad_flags_are_refused_without_a_panic() {
-    let (code, _, err) = run_cli(&["score-server", "--name", "x", "--listen", "127.0.0.1:0", "--error-rate", "2"]);
+    let (code, _, err) = run_cli(&[
+        "score-server",
+        "--name",
+        "x",
+        "--listen",
+        "127.0.0.1:0",
+        "--error-rate",
+        "2",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("`2` is not a rate from 0.0 to 1.0"), "{err}");
     let (code, _, err) = run_cli(&["score-server", "--name", "x", "--listen", "nowhere"]);
@@ -146,7 +196,10 @@ async fn demo_serves_blue_and_green_with_pinning() {
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic:\n  blue: 50\n  green: 50\ndeployments:\n  blue:\n    instances: [{b1}, {b2}]\n  green:\n    instances: [{g1}, {g2}]\n"
     );
     let (_dir, path) = temp_file("demo.yaml", &file);
-    let demo = Proc::spawn(&["demo", "--config", path.to_str().unwrap()], "data plane listening");
+    let demo = Proc::spawn(
+        &["demo", "--config", path.to_str().unwrap()],
+        "data plane listening",
+    );
     let c = client();
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..200 {
@@ -154,7 +207,12 @@ async fn demo_serves_blue_and_green_with_pinning() {
         assert_eq!(a.status, StatusCode::OK);
         let j = a.json();
         assert_eq!(j["deployment"].as_str(), Some(a.deployment()));
-        *seen.entry((a.deployment().to_string(), j["model"].as_str().unwrap().to_string())).or_insert(0) += 1;
+        *seen
+            .entry((
+                a.deployment().to_string(),
+                j["model"].as_str().unwrap().to_string(),
+            ))
+            .or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.contains_key(&("blue".into(), "v1".into())));

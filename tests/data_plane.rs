@@ -26,7 +26,10 @@ async fn split(proxy: &Proc, n: usize, names: &[&str]) -> Vec<usize> {
             for _ in 0..n / 8 {
                 let a = get(&client, &url, &[]).await;
                 assert_eq!(a.status, StatusCode::OK);
-                let i = names.iter().position(|x| x == a.deployment()).expect("x-deployment");
+                let i = names
+                    .iter()
+                    .position(|x| x == a.deployment())
+                    .expect("x-deployment");
                 // The answer came from the deployment the header names.
                 assert_eq!(a.json()["deployment"], names[i].as_str());
                 counts[i] += 1;
@@ -107,7 +110,12 @@ async fn a_deployment_missing_from_traffic_is_reachable_only_by_pin() {
     );
     let counts = split(&proxy, 400, &["blue", "shadow"]).await;
     assert_eq!(counts, vec![400, 0]);
-    let a = get(&client(), &proxy.url("/score"), &[("x-api-version", "shadow")]).await;
+    let a = get(
+        &client(),
+        &proxy.url("/score"),
+        &[("x-api-version", "shadow")],
+    )
+    .await;
     assert_eq!((a.status, a.deployment()), (StatusCode::OK, "shadow"));
 }
 
@@ -140,7 +148,12 @@ async fn unknown_pin_gets_400_listing_the_deployments() {
             .deployment("green", &[green.addr], Some(50))
             .yaml(),
     );
-    let a = get(&client(), &proxy.url("/score"), &[("x-api-version", "purple")]).await;
+    let a = get(
+        &client(),
+        &proxy.url("/score"),
+        &[("x-api-version", "purple")],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.headers["content-type"], "application/json");
     let j = a.json();
@@ -163,7 +176,12 @@ async fn all_zero_traffic_gets_503_but_pins_are_served() {
     let a = get(&c, &proxy.url("/score"), &[]).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.json()["deployment"], serde_json::Value::Null);
-    assert!(a.json()["error"].as_str().unwrap().contains("no deployment takes traffic"));
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no deployment takes traffic")
+    );
     let a = get(&c, &proxy.url("/score"), &[("x-api-version", "blue")]).await;
     assert_eq!(a.status, StatusCode::OK);
 }
@@ -183,7 +201,9 @@ async fn one_mib_post_arrives_byte_identical_both_ways() {
             .deployment("blue", &[echo.addr], Some(100))
             .yaml(),
     );
-    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let req = Request::post(proxy.url("/score"))
         .header("content-type", "application/octet-stream")
         .body(Full::new(Bytes::from(body.clone())))
@@ -223,7 +243,13 @@ async fn chunked_body_streams_through_chunked() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = echo.seen();
     assert_eq!(seen[0].body.len(), 64_000);
-    assert!(seen[0].body.chunks(1000).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    assert!(
+        seen[0]
+            .body
+            .chunks(1000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+    );
     assert_eq!(seen[0].headers["transfer-encoding"], "chunked");
     assert!(!seen[0].headers.contains_key("content-length"));
 }
@@ -236,12 +262,10 @@ async fn method_query_and_headers_arrive_hop_by_hop_do_not() {
             .deployment("blue", &[blue.addr], Some(100))
             .yaml(),
     );
-    let req = format!(
-        "PUT /score/v1?model=a&x=1%202 HTTP/1.1\r\nHost: scoring.example\r\nX-Custom: hello\r\n\
+    let req = "PUT /score/v1?model=a&x=1%202 HTTP/1.1\r\nHost: scoring.example\r\nX-Custom: hello\r\n\
          X-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive, x-drop-me\r\nX-Drop-Me: secret\r\n\
          Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9v\r\n\
-         Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello"
-    );
+         Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello";
     let out = raw(proxy.addr, req.as_bytes(), Duration::from_millis(500));
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = blue.seen();
@@ -252,7 +276,13 @@ async fn method_query_and_headers_arrive_hop_by_hop_do_not() {
     assert_eq!(s.headers["x-custom"], "hello");
     assert_eq!(s.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
     assert_eq!(&s.body[..], b"hello");
-    for h in ["x-drop-me", "keep-alive", "te", "proxy-authorization", "upgrade"] {
+    for h in [
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
         assert!(!s.headers.contains_key(h), "{h} was forwarded");
     }
     // `connection` towards the instance is the proxy's own (keep-alive), never the client's list.
@@ -280,7 +310,10 @@ async fn x_forwarded_for_is_added_when_absent() {
     get(&client(), &proxy.url("/score"), &[]).await;
     assert_eq!(blue.seen()[0].headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(blue.seen()[0].method, http::Method::GET);
-    assert!(!blue.seen()[0].headers.contains_key("content-length"), "a GET gained a body");
+    assert!(
+        !blue.seen()[0].headers.contains_key("content-length"),
+        "a GET gained a body"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +374,10 @@ async fn a_slow_instance_gives_504_after_the_timeout() {
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(a.json()["deployment"], "blue");
     assert!(a.json()["error"].as_str().unwrap().contains("300 ms"));
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,7 +407,11 @@ async fn body_limit_by_content_length_default_16_mib() {
     .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(a.json()["deployment"], serde_json::Value::Null);
-    assert_eq!(echo.count(), 1, "the too-large body never reached the instance");
+    assert_eq!(
+        echo.count(),
+        1,
+        "the too-large body never reached the instance"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +424,8 @@ async fn body_limit_for_chunked_bodies_while_streaming() {
             .yaml(),
     );
     let chunked = |n: usize| {
-        let mut req = b"POST /score HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut req =
+            b"POST /score HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let mut left = n;
         while left > 0 {
             let k = left.min(1000);
@@ -401,8 +442,15 @@ async fn body_limit_for_chunked_bodies_while_streaming() {
     let too_big = raw(proxy.addr, &chunked(20_000), Duration::from_millis(1500));
     assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
     assert!(too_big.contains("\"deployment\":\"blue\""), "{too_big}");
-    assert!(too_big.contains("larger than the limit of 10000 bytes"), "{too_big}");
-    assert_eq!(echo.complete(), 1, "the too-large body was cut off, never delivered whole");
+    assert!(
+        too_big.contains("larger than the limit of 10000 bytes"),
+        "{too_big}"
+    );
+    assert_eq!(
+        echo.complete(),
+        1,
+        "the too-large body was cut off, never delivered whole"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,13 +488,23 @@ async fn concurrency_limit_one_queues_then_429() {
             StatusCode::TOO_MANY_REQUESTS => {
                 overloaded += 1;
                 assert_eq!(a.json()["deployment"], "blue");
-                assert!(took >= Duration::from_millis(150), "429 before the queue wait: {took:?}");
+                assert!(
+                    took >= Duration::from_millis(150),
+                    "429 before the queue wait: {took:?}"
+                );
             }
             s => panic!("unexpected {s}"),
         }
     }
-    assert_eq!(slow.max_concurrent(), 1, "the instance saw two requests at once");
-    assert!(ok >= 1 && overloaded >= 4, "ok={ok} overloaded={overloaded}");
+    assert_eq!(
+        slow.max_concurrent(),
+        1,
+        "the instance saw two requests at once"
+    );
+    assert!(
+        ok >= 1 && overloaded >= 4,
+        "ok={ok} overloaded={overloaded}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +543,12 @@ async fn concurrency_limit_queue_serves_everyone_within_the_wait() {
     assert_eq!(a1.max_concurrent(), 1);
     assert_eq!(a2.max_concurrent(), 1);
     assert_eq!(a1.count() + a2.count(), 10);
-    assert!(a1.count() >= 2 && a2.count() >= 2, "{} / {}", a1.count(), a2.count());
+    assert!(
+        a1.count() >= 2 && a2.count() >= 2,
+        "{} / {}",
+        a1.count(),
+        a2.count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,22 +583,33 @@ async fn the_built_in_scoring_servers_behind_the_proxy() {
         if let Some(p) = pin {
             b = b.header("x-api-version", p);
         }
-        b.body(Full::new(Bytes::from_static(br#"{"data": [[1, 2, 3], [10, 20, 30]]}"#)))
-            .unwrap()
+        b.body(Full::new(Bytes::from_static(
+            br#"{"data": [[1, 2, 3], [10, 20, 30]]}"#,
+        )))
+        .unwrap()
     };
     let a = send(&c, post(None)).await;
     assert_eq!(a.status, StatusCode::OK);
     let j = a.json();
-    assert_eq!((j["deployment"].as_str(), j["model"].as_str()), (Some("blue"), Some("v1")));
+    assert_eq!(
+        (j["deployment"].as_str(), j["model"].as_str()),
+        (Some("blue"), Some("v1"))
+    );
     assert_eq!(j["predictions"], serde_json::json!([4.0, 31.0]));
     let j = send(&c, post(Some("green"))).await.json();
-    assert_eq!((j["deployment"].as_str(), j["model"].as_str()), (Some("green"), Some("v2")));
+    assert_eq!(
+        (j["deployment"].as_str(), j["model"].as_str()),
+        (Some("green"), Some("v2"))
+    );
     let p = j["predictions"].as_array().unwrap();
     assert!((p[0].as_f64().unwrap() - 4.1).abs() < 1e-9);
     assert!((p[1].as_f64().unwrap() - 33.8).abs() < 1e-9);
 
     let a = get(&c, &proxy.url("/score"), &[("x-api-version", "green")]).await;
-    assert_eq!(a.json(), serde_json::json!({"deployment": "green", "model": "v2"}));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"deployment": "green", "model": "v2"})
+    );
     let a = get(&c, &blue.url("/health"), &[]).await;
     assert_eq!(a.status, StatusCode::OK);
     let bad = send(
@@ -555,7 +629,10 @@ async fn scoring_server_injects_errors_and_delay() {
     let c = client();
     let a = get(&c, &failing.url("/score"), &[]).await;
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(get(&c, &failing.url("/health"), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&c, &failing.url("/health"), &[]).await.status,
+        StatusCode::OK
+    );
 
     let half = Proc::score_server("green", &["--error-rate", "0.5"]);
     let mut errors = 0;
@@ -569,6 +646,9 @@ async fn scoring_server_injects_errors_and_delay() {
 
     let slow = Proc::score_server("blue", &["--delay-ms", "300"]);
     let start = Instant::now();
-    assert_eq!(get(&c, &slow.url("/score"), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&c, &slow.url("/score"), &[]).await.status,
+        StatusCode::OK
+    );
     assert!(start.elapsed() >= Duration::from_millis(300));
 }

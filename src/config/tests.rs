@@ -1,0 +1,1295 @@
+//! Unit tests of the endpoint-file validator: every rule, with the exact message, line and
+//! column of each diagnostic (1-based, as `scoregate check` prints them).
+
+use super::*;
+
+const NAME_RULE: &str =
+    "is invalid: use 3 to 32 characters, lowercase letters, digits and `-`, starting with a letter";
+const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
+    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, deployments";
+const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
+    this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` once supported, or \
+    `none` to silence this warning)";
+
+/// One blue deployment at 100%, to append to files that test top-level keys.
+const BLUE: &str = "traffic:
+  blue: 100
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+";
+
+/// Blue and green with one instance each and no `traffic:`, to append to a `traffic:` map.
+const BLUE_GREEN: &str = "deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+  green:
+    instances: [127.0.0.1:9101]
+";
+
+fn d(line: usize, column: usize, message: &str) -> Diagnostic {
+    Diagnostic {
+        line,
+        column,
+        message: message.to_string(),
+    }
+}
+
+fn parse(src: &str) -> Result<Loaded, ConfigError> {
+    parse_str(src, Path::new("t.yaml"))
+}
+
+/// Every error of a file that must be refused.
+fn errors(src: &str) -> Vec<Diagnostic> {
+    match parse(src) {
+        Ok(l) => panic!("expected errors, the file was accepted: {:#?}", l.config),
+        Err(e) => {
+            assert_eq!(e.path, Path::new("t.yaml"));
+            assert!(!e.errors.is_empty(), "refused without any error");
+            e.errors
+        }
+    }
+}
+
+/// A file that must be accepted.
+fn valid(src: &str) -> Loaded {
+    parse(src).unwrap_or_else(|e| panic!("expected a valid file, got:\n{e}"))
+}
+
+/// A file that must be accepted without any warning.
+fn clean(src: &str) -> EndpointConfig {
+    let l = valid(src);
+    assert_eq!(l.warnings, vec![], "unexpected warnings");
+    assert_eq!(l.source, src);
+    l.config
+}
+
+fn weights(c: &EndpointConfig) -> Vec<(&str, u8)> {
+    c.deployments
+        .iter()
+        .map(|d| (d.name.as_str(), d.weight))
+        .collect()
+}
+
+/// A file whose only deployment `blue` has these instances (a block list starting on line 6, so
+/// the instance at index i is at line 6 + i, column 9).
+fn with_instances(instances: &[&str]) -> String {
+    let mut s = String::from("traffic:\n  blue: 100\ndeployments:\n  blue:\n    instances:\n");
+    for i in instances {
+        s.push_str(&format!("      - \"{i}\"\n"));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-file shape.
+
+#[test]
+fn empty_file_is_refused() {
+    for src in ["", "   \n\n", "\t\n"] {
+        assert_eq!(errors(src), vec![d(1, 1, "the file is empty")], "{src:?}");
+    }
+}
+
+#[test]
+fn yaml_syntax_error_is_reported_at_its_position() {
+    assert_eq!(
+        errors("name: a: b\n"),
+        vec![d(1, 8, "mapping values are not allowed in this context")]
+    );
+    assert_eq!(
+        errors("traffic:\n\tblue: 100\n"),
+        vec![d(2, 1, "found character that cannot start any token")]
+    );
+    // An unclosed flow list: reported where the parser gave up.
+    let errs = errors("deployments:\n  blue:\n    instances: [127.0.0.1:9001\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].line, errs[0].column), (4, 1));
+    assert!(
+        errs[0]
+            .message
+            .starts_with("did not find expected ',' or ']'"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+#[ignore = "validator bug: when libyaml gives a context, only the context's location is cut and \
+            the problem's own ` at line L column C` stays in the message"]
+fn yaml_syntax_error_message_does_not_repeat_the_location() {
+    let errs = errors("deployments:\n  blue:\n    instances: [127.0.0.1:9001\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(!errs[0].message.contains(" at line "), "{errs:#?}");
+    assert!(!errs[0].message.contains(" column "), "{errs:#?}");
+}
+
+#[test]
+fn unreadable_file_is_reported() {
+    let path = Path::new("/nonexistent-scoregate-dir/endpoint.yaml");
+    let e = load_file(path).expect_err("a missing file must be refused");
+    assert_eq!(e.path, path);
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!((e.errors[0].line, e.errors[0].column), (1, 1));
+    assert!(
+        e.errors[0].message.starts_with("cannot read the file: "),
+        "{:?}",
+        e.errors
+    );
+}
+
+#[test]
+fn errors_display_as_path_line_column_message() {
+    let e = parse_str(
+        "listen: nope\nauth_mode: weird\n",
+        Path::new("config/x.yaml"),
+    )
+    .expect_err("invalid");
+    assert_eq!(
+        e.to_string(),
+        "config/x.yaml:1:1: listen `nope` is not an address: write IP:PORT, like 127.0.0.1:8080\n\
+         config/x.yaml:1:1: `deployments` is missing: name at least one deployment with its \
+         `instances`\n\
+         config/x.yaml:2:1: auth_mode `weird` is not known: use `none` or `key`"
+    );
+}
+
+#[test]
+fn top_level_must_be_a_mapping() {
+    assert_eq!(
+        errors("- blue\n- green\n"),
+        vec![d(
+            1,
+            1,
+            "invalid type: sequence, expected an endpoint file: a mapping with `traffic:` and \
+             `deployments:`"
+        )]
+    );
+    assert_eq!(
+        errors("hello\n"),
+        vec![d(
+            1,
+            1,
+            "invalid type: string \"hello\", expected an endpoint file: a mapping with \
+             `traffic:` and `deployments:`"
+        )]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown and duplicate keys.
+
+#[test]
+fn unknown_top_level_key_with_suggestion() {
+    let src =
+        "name: x\ntraffc:\n  blue: 100\ndeployments:\n  blue:\n    instances: [127.0.0.1:9001]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            2,
+            1,
+            "unknown key `traffc` in the endpoint file (did you mean `traffic`?)"
+        )]
+    );
+    let src = "traffic:\n  blue: 100\ndeployment:\n  blue:\n    instances: [127.0.0.1:9001]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            3,
+            1,
+            "unknown key `deployment` in the endpoint file (did you mean `deployments`?)"
+        )]
+    );
+}
+
+#[test]
+fn unknown_top_level_key_without_suggestion() {
+    let src = format!("name: x\nzzzzzz: 1\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            &format!("unknown key `zzzzzz` in the endpoint file; {TOP_EXPECTED}")
+        )]
+    );
+}
+
+#[test]
+fn unknown_deployment_key_with_suggestion() {
+    let src = "deployments:\n  blue:\n    instance: [127.0.0.1:9001]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            3,
+            5,
+            "deployments.blue: unknown key `instance` in a deployment (did you mean `instances`?)"
+        )]
+    );
+}
+
+#[test]
+fn unknown_deployment_key_without_suggestion() {
+    let src = "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    replicas: 3\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            4,
+            5,
+            "deployments.blue: unknown key `replicas` in a deployment; expected one of: \
+             instances, request, request_settings"
+        )]
+    );
+}
+
+#[test]
+fn unknown_request_key_with_suggestion() {
+    let src = "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request:\n      \
+               request_timeout: 100\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            5,
+            7,
+            "deployments.blue.request: unknown key `request_timeout` in request settings \
+             (did you mean `request_timeout_ms`?)"
+        )]
+    );
+    // The same under the synonym, with its own name in the path.
+    let src = "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request_settings:\n      \
+               max_queue_wait: 1\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            5,
+            7,
+            "deployments.blue.request_settings: unknown key `max_queue_wait` in request settings \
+             (did you mean `max_queue_wait_ms`?)"
+        )]
+    );
+}
+
+#[test]
+fn unknown_request_key_without_suggestion() {
+    // Azure keys are not ignored inside `request`: only at the top and in a deployment.
+    let src = "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request:\n      \
+               model: x\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            5,
+            7,
+            "deployments.blue.request: unknown key `model` in request settings; expected one of: \
+             request_timeout_ms, max_concurrent_requests_per_instance, max_queue_wait_ms"
+        )]
+    );
+}
+
+#[test]
+fn duplicate_top_level_key() {
+    let src = format!("name: a\n{BLUE}name: b\n");
+    assert_eq!(
+        errors(&src),
+        vec![d(7, 1, "duplicate key `name` in the endpoint file")]
+    );
+}
+
+#[test]
+fn duplicate_name_in_traffic() {
+    let src = format!("traffic:\n  blue: 50\n  blue: 50\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            3,
+            3,
+            "traffic: deployment `blue` appears twice in `traffic`"
+        )]
+    );
+}
+
+#[test]
+fn duplicate_deployment() {
+    let src = "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n  blue:\n    \
+               instances: [127.0.0.1:9002]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            4,
+            3,
+            "deployments: deployment `blue` appears twice in `deployments`"
+        )]
+    );
+}
+
+#[test]
+fn duplicate_key_in_a_deployment_and_in_request() {
+    let src =
+        "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    instances: [127.0.0.1:9002]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            4,
+            5,
+            "deployments.blue: duplicate key `instances` in a deployment"
+        )]
+    );
+    let src = "deployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request:\n      \
+               max_queue_wait_ms: 1\n      max_queue_wait_ms: 2\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            6,
+            7,
+            "deployments.blue.request: duplicate key `max_queue_wait_ms` in request settings"
+        )]
+    );
+}
+
+const BOTH_REQUEST_KEYS: &str = "traffic:
+  blue: 100
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+    request:
+      request_timeout_ms: 1
+    request_settings:
+      request_timeout_ms: 2
+";
+
+#[test]
+fn request_and_request_settings_together_are_refused() {
+    let errs = errors(BOTH_REQUEST_KEYS);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        errs[0].message,
+        "deployments.blue: `request` and `request_settings` are the same setting: keep one"
+    );
+    // Within the deployment `blue` (lines 5 to 9); see the ignored test below for the exact place.
+    assert!((5..=9).contains(&errs[0].line), "{errs:#?}");
+}
+
+#[test]
+#[ignore = "validator bug: reported at the first key of the deployment (5:5), not at the second \
+            of the two keys (8:5)"]
+fn request_and_request_settings_together_are_reported_at_the_second_key() {
+    assert_eq!(
+        errors(BOTH_REQUEST_KEYS),
+        vec![d(
+            8,
+            5,
+            "deployments.blue: `request` and `request_settings` are the same setting: keep one"
+        )]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployments.
+
+#[test]
+fn missing_deployments() {
+    let msg = "`deployments` is missing: name at least one deployment with its `instances`";
+    assert_eq!(errors("name: x\n"), vec![d(1, 1, msg)]);
+    // A file of comments only is not empty, it has no deployments.
+    assert_eq!(errors("# nothing yet\n"), vec![d(1, 1, msg)]);
+    // `traffic` naming a deployment is not an error on top of the missing `deployments`.
+    assert_eq!(errors("traffic:\n  blue: 100\n"), vec![d(1, 1, msg)]);
+}
+
+#[test]
+fn empty_deployments() {
+    let msg = "`deployments` is empty: name at least one deployment with its `instances`";
+    assert_eq!(errors("name: x\ndeployments: {}\n"), vec![d(2, 1, msg)]);
+    assert_eq!(errors("name: x\ndeployments:\n"), vec![d(2, 1, msg)]);
+}
+
+#[test]
+fn invalid_deployment_names() {
+    for name in [
+        "ab",                                // too short
+        "abcdefghijklmnopqrstuvwxyz0123456", // 33 characters
+        "Blue",                              // uppercase
+        "1blue",                             // starts with a digit
+        "-blue",                             // starts with `-`
+        "blue_green",                        // underscore
+        "blue.v2",                           // dot
+    ] {
+        let src = format!("deployments:\n  {name}:\n    instances: [127.0.0.1:9001]\n");
+        assert_eq!(
+            errors(&src),
+            vec![d(2, 3, &format!("deployment name `{name}` {NAME_RULE}"))],
+            "{name}"
+        );
+    }
+    assert_eq!("abcdefghijklmnopqrstuvwxyz0123456".len(), 33);
+}
+
+#[test]
+fn valid_deployment_names_at_the_edges() {
+    let long = "abcdefghijklmnopqrstuvwxyz-12345";
+    assert_eq!(long.len(), 32);
+    for name in ["abc", long, "a1-b2", "model-v2"] {
+        let src = format!(
+            "traffic:\n  {name}: 100\ndeployments:\n  {name}:\n    instances: [127.0.0.1:9001]\n"
+        );
+        let c = clean(&src);
+        assert_eq!(weights(&c), vec![(name, 100)]);
+    }
+}
+
+#[test]
+fn deployment_without_instances() {
+    let src =
+        "traffic:\n  blue: 100\ndeployments:\n  blue:\n    request:\n      request_timeout_ms: 3\n";
+    let msg = "deployment `blue` has no `instances`: list its scoring servers as host:port";
+    assert_eq!(errors(src), vec![d(4, 3, msg)]);
+    // A deployment with nothing at all under it.
+    assert_eq!(
+        errors("traffic:\n  blue: 100\ndeployments:\n  blue:\n"),
+        vec![d(4, 3, msg)]
+    );
+}
+
+#[test]
+fn deployment_with_an_empty_instance_list() {
+    let msg = "deployment `blue` has an empty `instances` list";
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    instances: []\n";
+    assert_eq!(errors(src), vec![d(5, 5, msg)]);
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    instances:\n";
+    assert_eq!(errors(src), vec![d(5, 5, msg)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic.
+
+#[test]
+fn weight_written_as_a_string_is_refused() {
+    let src = format!("traffic:\n  blue: \"90\"\n  green: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            9,
+            "traffic.blue: weight \"90\" is a string: write weights as plain integers (90, not \"90\")"
+        )]
+    );
+}
+
+#[test]
+fn weight_written_as_a_float_is_refused() {
+    let src = format!("traffic:\n  blue: 90.5\n  green: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            9,
+            "traffic.blue: weight 90.5 is not an integer: weights are whole percentages from 0 to 100"
+        )]
+    );
+    let src = format!("traffic:\n  blue: 90.0\n  green: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            9,
+            "traffic.blue: weight 90 is not an integer: weights are whole percentages from 0 to 100"
+        )]
+    );
+}
+
+#[test]
+fn weight_out_of_range_is_refused() {
+    // Out-of-range weights are reported at the name, and the sum is not checked on top.
+    let src = format!("traffic:\n  blue: 101\n  green: 0\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            3,
+            "weight 101 of `blue` is out of range: weights are 0 to 100"
+        )]
+    );
+    let src = format!("traffic:\n  blue: 100\n  green: -1\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            3,
+            3,
+            "weight -1 of `green` is out of range: weights are 0 to 100"
+        )]
+    );
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let src = format!("name: x\ntraffic:\n  blue: 90\n  green: 20\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "traffic weights sum to 110 (blue=90 + green=20); they must sum to exactly 100, or all be 0"
+        )]
+    );
+    let src = format!("traffic:\n  blue: 50\n  green: 49\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            1,
+            1,
+            "traffic weights sum to 99 (blue=50 + green=49); they must sum to exactly 100, or all be 0"
+        )]
+    );
+}
+
+#[test]
+fn all_zero_traffic_is_valid_with_a_warning() {
+    let src = format!("name: x\ntraffic:\n  blue: 0\n  green: 0\n{BLUE_GREEN}");
+    let l = valid(&src);
+    assert_eq!(
+        l.warnings,
+        vec![d(
+            2,
+            1,
+            "no deployment takes traffic: unpinned requests get 503, pinned ones are served"
+        )]
+    );
+    assert_eq!(weights(&l.config), vec![("blue", 0), ("green", 0)]);
+    assert_eq!(l.config.total_weight(), 0);
+}
+
+#[test]
+fn deployment_not_named_in_traffic_has_weight_0() {
+    let src = format!("traffic:\n  green: 100\n{BLUE_GREEN}");
+    let c = clean(&src);
+    assert_eq!(weights(&c), vec![("green", 100), ("blue", 0)]);
+    assert_eq!(c.total_weight(), 100);
+}
+
+#[test]
+fn traffic_naming_a_missing_deployment_is_refused() {
+    let src = format!("traffic:\n  blue: 90\n  purple: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            3,
+            3,
+            "`traffic` names `purple`, which is not a deployment (deployments: blue, green)"
+        )]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances.
+
+#[test]
+fn instance_without_port() {
+    assert_eq!(
+        errors(&with_instances(&["127.0.0.1:9000", "127.0.0.1"])),
+        vec![d(
+            7,
+            9,
+            "instance `127.0.0.1`: expected host:port, like 127.0.0.1:9001"
+        )]
+    );
+    // An unquoted number is read as text and refused the same way.
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    instances: [9001]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            5,
+            17,
+            "instance `9001`: expected host:port, like 127.0.0.1:9001"
+        )]
+    );
+}
+
+#[test]
+fn instance_with_a_bad_port() {
+    for port in ["0", "70000", "http", ""] {
+        let inst = format!("127.0.0.1:{port}");
+        assert_eq!(
+            errors(&with_instances(&[inst.as_str()])),
+            vec![d(
+                6,
+                9,
+                &format!("instance `{inst}`: port `{port}` is not a number from 1 to 65535")
+            )],
+            "{inst}"
+        );
+    }
+    let c = clean(&with_instances(&["127.0.0.1:1", "127.0.0.1:65535"]));
+    assert_eq!(
+        c.deployments[0].instances,
+        ["127.0.0.1:1", "127.0.0.1:65535"]
+    );
+}
+
+#[test]
+fn ipv6_instance_in_brackets_is_valid() {
+    let c = clean(&with_instances(&["[::1]:9001", "[2001:db8::7]:80"]));
+    assert_eq!(
+        c.deployments[0].instances,
+        ["[::1]:9001", "[2001:db8::7]:80"]
+    );
+}
+
+#[test]
+fn ipv6_instance_without_brackets_is_refused() {
+    assert_eq!(
+        errors(&with_instances(&["::1:9001"])),
+        vec![d(
+            6,
+            9,
+            "instance `::1:9001`: an IPv6 instance is written [address]:port"
+        )]
+    );
+    assert_eq!(
+        errors(&with_instances(&["[::1]"])),
+        vec![d(
+            6,
+            9,
+            "instance `[::1]`: an IPv6 instance is written [address]:port"
+        )]
+    );
+    assert_eq!(
+        errors(&with_instances(&["[zz]:80"])),
+        vec![d(6, 9, "instance `[zz]:80`: `zz` is not an IPv6 address")]
+    );
+}
+
+#[test]
+fn dns_name_instances_are_valid() {
+    let c = clean(&with_instances(&[
+        "scorer-1.svc.cluster.local:80",
+        "localhost:9001",
+        "Scorer.Example.COM:443",
+    ]));
+    assert_eq!(
+        c.deployments[0].instances,
+        [
+            "scorer-1.svc.cluster.local:80",
+            "localhost:9001",
+            "Scorer.Example.COM:443"
+        ]
+    );
+}
+
+#[test]
+fn instance_with_invalid_host_characters() {
+    for host in [
+        "bad_host",
+        "a..b",
+        "-scorer.local",
+        "scorer-.local",
+        "h st",
+        "scörer",
+    ] {
+        let inst = format!("{host}:80");
+        assert_eq!(
+            errors(&with_instances(&[inst.as_str()])),
+            vec![d(
+                6,
+                9,
+                &format!("instance `{inst}`: `{host}` is not an IP address or a DNS name")
+            )],
+            "{inst}"
+        );
+    }
+    assert_eq!(
+        errors(&with_instances(&[":80"])),
+        vec![d(6, 9, "instance `:80`: the host is missing")]
+    );
+}
+
+#[test]
+#[ignore = "validator bug: a host whose last label is all digits (a mistyped IPv4 address) is \
+            accepted as a DNS name"]
+fn mistyped_ipv4_address_is_not_a_dns_name() {
+    for host in ["300.1.1.1", "10.0.0"] {
+        let inst = format!("{host}:80");
+        assert_eq!(
+            errors(&with_instances(&[inst.as_str()])),
+            vec![d(
+                6,
+                9,
+                &format!("instance `{inst}`: `{host}` is not an IP address or a DNS name")
+            )],
+            "{inst}"
+        );
+    }
+}
+
+#[test]
+fn instance_listed_twice() {
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    \
+               instances: [127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9001]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            5,
+            49,
+            "instance `127.0.0.1:9001` is listed twice in deployment `blue`"
+        )]
+    );
+    // The same instance in two deployments is allowed.
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    instances: [127.0.0.1:9001]\n  \
+               green:\n    instances: [127.0.0.1:9001]\n";
+    clean(src);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings.
+
+#[test]
+fn request_timeout_of_0_is_refused() {
+    let msg = "request_timeout_ms must be at least 1";
+    let src = format!("{BLUE}    request:\n      request_timeout_ms: 0\n");
+    assert_eq!(errors(&src), vec![d(7, 7, msg)]);
+    let src = format!(
+        "{BLUE}    request_settings:\n      max_queue_wait_ms: 1\n      request_timeout_ms: 0\n"
+    );
+    assert_eq!(errors(&src), vec![d(8, 7, msg)]);
+}
+
+#[test]
+fn invalid_listen_addresses() {
+    let src = format!("name: x\nlisten: localhost:8080\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "listen `localhost:8080` is not an address: write IP:PORT, like 127.0.0.1:8080"
+        )]
+    );
+    let src = format!("name: x\nlisten: 8080\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "listen `8080` is not an address: write IP:PORT, like 127.0.0.1:8080"
+        )]
+    );
+    let src = format!("name: x\nadmin_listen: 127.0.0.1\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "admin_listen `127.0.0.1` is not an address: write IP:PORT, like 127.0.0.1:8080"
+        )]
+    );
+}
+
+#[test]
+fn listen_and_admin_listen_must_differ() {
+    let src = format!("listen: 127.0.0.1:7000\nadmin_listen: 127.0.0.1:7000\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "admin_listen 127.0.0.1:7000 is the same address as listen"
+        )]
+    );
+    // Against the default `listen`.
+    let src = format!("name: x\nadmin_listen: 127.0.0.1:8080\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "admin_listen 127.0.0.1:8080 is the same address as listen"
+        )]
+    );
+    // Port 0 (any free port) on both is not a clash.
+    let c = clean(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{BLUE}"
+    ));
+    assert_eq!(c.listen, c.admin_listen);
+    // IPv6 listeners.
+    let c = clean(&format!(
+        "listen: \"[::1]:8080\"\nadmin_listen: \"[::1]:9090\"\n{BLUE}"
+    ));
+    assert_eq!(c.listen, "[::1]:8080".parse::<SocketAddr>().unwrap());
+}
+
+#[test]
+fn invalid_pin_header() {
+    let src = format!("name: x\npin_header: x api\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "pin_header `x api` is not a valid HTTP header name"
+        )]
+    );
+    let src = format!("name: x\npin_header: ''\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(2, 1, "pin_header `` is not a valid HTTP header name")]
+    );
+    // A valid one is used, lowercased as HTTP header names are.
+    let c = clean(&format!("pin_header: X-Model-Version\n{BLUE}"));
+    assert_eq!(c.pin_header.as_str(), "x-model-version");
+}
+
+#[test]
+fn sticky_header_is_not_supported_yet() {
+    let src = format!("name: x\nsticky_header: x-user-id\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "`sticky_header` is not supported yet: remove it (the split is weighted random)"
+        )]
+    );
+}
+
+#[test]
+fn mirror_traffic_is_not_supported_yet() {
+    let src = format!("name: x\nmirror_traffic: {{blue: 10}}\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "`mirror_traffic` is not supported yet: remove it (no request is mirrored)"
+        )]
+    );
+}
+
+#[test]
+fn auth_mode_key_is_not_supported_yet() {
+    let msg = "auth_mode `key` is not supported yet: use `none` (the endpoint is then open)";
+    let src = format!("name: x\nauth_mode: key\n{BLUE}");
+    assert_eq!(errors(&src), vec![d(2, 1, msg)]);
+    // With its `keys_file`, only `auth_mode` is refused.
+    let src = format!("name: x\nauth_mode: key\nkeys_file: keys.txt\n{BLUE}");
+    assert_eq!(errors(&src), vec![d(2, 1, msg)]);
+}
+
+#[test]
+fn auth_mode_aml_token_is_accepted_with_a_loud_warning() {
+    let l = valid(&format!("name: x\nauth_mode: aml_token\n{BLUE}"));
+    assert_eq!(l.warnings, vec![d(2, 1, AML_TOKEN_WARNING)]);
+    // `none` is accepted silently.
+    clean(&format!("name: x\nauth_mode: none\n{BLUE}"));
+}
+
+#[test]
+fn unknown_auth_mode() {
+    let src = format!("name: x\nauth_mode: token\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "auth_mode `token` is not known: use `none` or `key`"
+        )]
+    );
+}
+
+#[test]
+fn keys_file_without_auth_mode_key() {
+    let msg = "`keys_file` is only used with `auth_mode: key`";
+    let src = format!("name: x\nkeys_file: /etc/scoregate/keys\n{BLUE}");
+    assert_eq!(errors(&src), vec![d(2, 1, msg)]);
+    let src = format!("auth_mode: none\nkeys_file: /etc/scoregate/keys\n{BLUE}");
+    assert_eq!(errors(&src), vec![d(2, 1, msg)]);
+}
+
+#[test]
+fn max_request_body_bytes_of_0_is_refused() {
+    let src = format!("name: x\nmax_request_body_bytes: 0\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(2, 1, "max_request_body_bytes must be at least 1")]
+    );
+    let c = clean(&format!("max_request_body_bytes: 1\n{BLUE}"));
+    assert_eq!(c.max_request_body_bytes, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure ML keys, several errors, defaults, order.
+
+#[test]
+fn azure_keys_warn_once_per_key_name_at_the_first_occurrence() {
+    let src = "$schema: http://azureml/sdk-2-0/OnlineEndpoint.json
+type: OnlineEndpoint
+traffic:
+  blue: 50
+  green: 50
+deployments:
+  blue:
+    model: aml:models/my-model-m1:1
+    sku: Standard_FS4_v2
+    instances: [127.0.0.1:9001]
+  green:
+    model: aml:models/my-model-m2:1
+    sku: Standard_FS4_v2
+    type: managed
+    scale_settings:
+      type: default
+    instances: [127.0.0.1:9101]
+";
+    let l = valid(src);
+    let ignored = |key: &str| format!("`{key}` is an Azure ML setting that scoregate ignores");
+    assert_eq!(
+        l.warnings,
+        vec![
+            d(1, 1, &ignored("$schema")),
+            d(2, 1, &ignored("type")),
+            d(8, 5, &ignored("model")),
+            d(9, 5, &ignored("sku")),
+            d(15, 5, &ignored("scale_settings")),
+        ]
+    );
+    assert_eq!(weights(&l.config), vec![("blue", 50), ("green", 50)]);
+}
+
+#[test]
+#[ignore = "validator bug: top-level Azure keys are warned at their own place even when the same \
+            key name appears earlier in a deployment"]
+fn azure_key_warning_is_at_the_first_occurrence_in_the_file() {
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    type: managed\n    \
+               instances: [127.0.0.1:9001]\ntype: OnlineEndpoint\n";
+    assert_eq!(
+        valid(src).warnings,
+        vec![d(
+            5,
+            5,
+            "`type` is an Azure ML setting that scoregate ignores"
+        )]
+    );
+}
+
+#[test]
+fn several_errors_are_all_reported_sorted_by_position() {
+    // The validator checks `listen` first; the report follows the file.
+    let src = "deployments:
+  green:
+    instances: [127.0.0.1:0]
+  Blue:
+    instances: [bad_host:1]
+  purple:
+    instances: []
+traffic:
+  green: 50
+  blue: 60
+auth_mode: weird
+listen: nope
+";
+    assert_eq!(
+        errors(src),
+        vec![
+            d(
+                3,
+                17,
+                "instance `127.0.0.1:0`: port `0` is not a number from 1 to 65535"
+            ),
+            d(4, 3, &format!("deployment name `Blue` {NAME_RULE}")),
+            d(
+                5,
+                17,
+                "instance `bad_host:1`: `bad_host` is not an IP address or a DNS name"
+            ),
+            d(7, 5, "deployment `purple` has an empty `instances` list"),
+            d(
+                8,
+                1,
+                "traffic weights sum to 110 (green=50 + blue=60); they must sum to exactly 100, \
+                 or all be 0"
+            ),
+            d(
+                10,
+                3,
+                "`traffic` names `blue`, which is not a deployment (deployments: green, Blue, purple)"
+            ),
+            d(11, 1, "auth_mode `weird` is not known: use `none` or `key`"),
+            d(
+                12,
+                1,
+                "listen `nope` is not an address: write IP:PORT, like 127.0.0.1:8080"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn defaults() {
+    let c = clean(BLUE);
+    assert_eq!(c.name, None);
+    assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.admin_listen,
+        "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.pin_header, HeaderName::from_static("x-api-version"));
+    assert_eq!(c.max_request_body_bytes, 16 * 1024 * 1024);
+    assert_eq!(c.deployments.len(), 1);
+    let blue = &c.deployments[0];
+    assert_eq!(blue.name, "blue");
+    assert_eq!(blue.weight, 100);
+    assert_eq!(blue.instances, ["127.0.0.1:9001"]);
+    assert_eq!(blue.request.request_timeout, Duration::from_millis(5000));
+    assert_eq!(blue.request.max_queue_wait, Duration::from_millis(500));
+    assert_eq!(blue.request.max_concurrent_per_instance, 0);
+    assert_eq!(blue.request, RequestSettings::default());
+    // An empty `request:` keeps every default.
+    let c = clean(&format!("{BLUE}    request: {{}}\n"));
+    assert_eq!(c.deployments[0].request, RequestSettings::default());
+}
+
+#[test]
+fn every_setting_is_read() {
+    let src = "name: my-endpoint
+listen: 0.0.0.0:18080
+admin_listen: 127.0.0.1:19090
+pin_header: x-deployment-pin
+max_request_body_bytes: 1048576
+traffic:
+  blue: 100
+deployments:
+  blue:
+    instances: [127.0.0.1:9001, 127.0.0.1:9002]
+    request:
+      request_timeout_ms: 3000
+      max_concurrent_requests_per_instance: 1
+      max_queue_wait_ms: 250
+";
+    let c = clean(src);
+    assert_eq!(c.name.as_deref(), Some("my-endpoint"));
+    assert_eq!(c.listen, "0.0.0.0:18080".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.admin_listen,
+        "127.0.0.1:19090".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.pin_header.as_str(), "x-deployment-pin");
+    assert_eq!(c.max_request_body_bytes, 1_048_576);
+    assert_eq!(
+        c.deployments[0].request,
+        RequestSettings {
+            request_timeout: Duration::from_millis(3000),
+            max_concurrent_per_instance: 1,
+            max_queue_wait: Duration::from_millis(250),
+        }
+    );
+}
+
+#[test]
+fn deployments_are_ordered_as_in_traffic_then_the_rest() {
+    let src = "traffic:
+  green: 30
+  blue: 70
+deployments:
+  red:
+    instances: [127.0.0.1:9201]
+  blue:
+    instances: [127.0.0.1:9001]
+  yellow:
+    instances: [127.0.0.1:9301]
+  green:
+    instances: [127.0.0.1:9101]
+";
+    let c = clean(src);
+    assert_eq!(
+        weights(&c),
+        vec![("green", 30), ("blue", 70), ("red", 0), ("yellow", 0)]
+    );
+    assert_eq!(c.deployments[0].instances, ["127.0.0.1:9101"]);
+    assert_eq!(c.deployments[3].instances, ["127.0.0.1:9301"]);
+}
+
+#[test]
+fn request_settings_is_a_synonym_of_request() {
+    let settings = "      request_timeout_ms: 1234\n      max_concurrent_requests_per_instance: 2\n      \
+                    max_queue_wait_ms: 50\n";
+    let a = clean(&format!("{BLUE}    request:\n{settings}"));
+    let b = clean(&format!("{BLUE}    request_settings:\n{settings}"));
+    let expected = RequestSettings {
+        request_timeout: Duration::from_millis(1234),
+        max_concurrent_per_instance: 2,
+        max_queue_wait: Duration::from_millis(50),
+    };
+    assert_eq!(a.deployments[0].request, expected);
+    assert_eq!(a, b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The files of config/ (the seeds' canary flow) and the seeds' own Azure ML file.
+
+/// A file of `config/`: its name, its text and the weights it must give.
+type FlowFile = (&'static str, &'static str, &'static [(&'static str, u8)]);
+
+#[test]
+fn canary_flow_files_are_valid() {
+    let files: [FlowFile; 5] = [
+        (
+            "step-2-scale-blue.yaml",
+            include_str!("../../config/step-2-scale-blue.yaml"),
+            &[("blue", 100)],
+        ),
+        (
+            "step-3-add-green.yaml",
+            include_str!("../../config/step-3-add-green.yaml"),
+            &[("blue", 100), ("green", 0)],
+        ),
+        (
+            "step-4-flight-green.yaml",
+            include_str!("../../config/step-4-flight-green.yaml"),
+            &[("blue", 90), ("green", 10)],
+        ),
+        (
+            "step-5-full-green.yaml",
+            include_str!("../../config/step-5-full-green.yaml"),
+            &[("blue", 0), ("green", 100)],
+        ),
+        (
+            "step-6-delete-blue.yaml",
+            include_str!("../../config/step-6-delete-blue.yaml"),
+            &[("green", 100)],
+        ),
+    ];
+    for (file, src, expected) in files {
+        let l = parse_str(src, Path::new(file)).unwrap_or_else(|e| panic!("{e}"));
+        let c = &l.config;
+        assert_eq!(weights(c), expected, "{file}");
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap(),
+            "{file}"
+        );
+        assert_eq!(
+            c.admin_listen,
+            "127.0.0.1:9090".parse::<SocketAddr>().unwrap(),
+            "{file}"
+        );
+        for dep in &c.deployments {
+            let instances = match dep.name.as_str() {
+                "blue" => ["127.0.0.1:9001", "127.0.0.1:9002"],
+                _ => ["127.0.0.1:9101", "127.0.0.1:9102"],
+            };
+            assert_eq!(dep.instances, instances, "{file}");
+            assert_eq!(
+                dep.request.request_timeout,
+                Duration::from_millis(3000),
+                "{file}"
+            );
+        }
+        // Only the first file keeps the Azure ML keys (and their warnings); none is an error.
+        for w in &l.warnings {
+            assert!(
+                file == "step-2-scale-blue.yaml"
+                    && w.message
+                        .ends_with("is an Azure ML setting that scoregate ignores"),
+                "{file}: unexpected warning {w:?}"
+            );
+        }
+    }
+}
+
+/// The Azure ML endpoint file of step 4 of seed 001, verbatim (trailing spaces included), with an
+/// `instances:` line added at the end of each deployment (lines 27 and 45).
+const SEED_STEP_4: &str = r#"#source ../configs/online-endpoint/mir/gitops/managed-4-flight-green-OnlineEndpoint.yaml
+$schema: http://azureml/sdk-2-0/OnlineEndpoint.json
+name: myEndpoint
+type: OnlineEndpoint
+auth_mode: aml_token
+traffic:
+  blue: 90
+  green: 10
+
+deployments:
+  #blue deployment
+  blue:
+    model: aml:models/my-model-m1:1
+    code_reference:
+      code: ./src/onlinescoring/m1/
+      scoring_script: ./src/onlinescoring/m1/score.py
+    environment: ./src/onlinescoring/env_m1.yaml  
+    sku: Standard_FS4_v2
+    scale:
+      scale_type: manual
+      instance_count: 5
+      min_instances: 1
+      max_instances: 5
+    request:
+      request_timeout_ms: 3000
+      max_concurrent_requests_per_instance: 1
+    instances: [127.0.0.1:9001, 127.0.0.1:9002]
+  
+  #green deployment
+  green:    
+    model: aml:models/my-model-m2:1
+    code_reference:
+      code: ./src/onlinescoring/m2/
+      scoring_script: ./src/onlinescoring/m2/score.py
+    environment: ./src/onlinescoring/env_m2.yaml  
+    sku: Standard_FS4_v2
+    scale:
+      scale_type: manual
+      instance_count: 5
+      min_instances: 1
+      max_instances: 5
+    request:
+      request_timeout_ms: 3000
+      max_concurrent_requests_per_instance: 1
+    instances: [127.0.0.1:9101, 127.0.0.1:9102]
+"#;
+
+#[test]
+fn seed_azure_file_is_accepted_with_warnings() {
+    let l = valid(SEED_STEP_4);
+    let ignored = |key: &str| format!("`{key}` is an Azure ML setting that scoregate ignores");
+    assert_eq!(
+        l.warnings,
+        vec![
+            d(2, 1, &ignored("$schema")),
+            d(4, 1, &ignored("type")),
+            d(5, 1, AML_TOKEN_WARNING),
+            d(13, 5, &ignored("model")),
+            d(14, 5, &ignored("code_reference")),
+            d(17, 5, &ignored("environment")),
+            d(18, 5, &ignored("sku")),
+            d(19, 5, &ignored("scale")),
+        ]
+    );
+    let c = &l.config;
+    assert_eq!(c.name.as_deref(), Some("myEndpoint"));
+    assert_eq!(weights(c), vec![("blue", 90), ("green", 10)]);
+    assert_eq!(
+        c.deployments[0].instances,
+        ["127.0.0.1:9001", "127.0.0.1:9002"]
+    );
+    assert_eq!(
+        c.deployments[1].instances,
+        ["127.0.0.1:9101", "127.0.0.1:9102"]
+    );
+    for dep in &c.deployments {
+        assert_eq!(
+            dep.request,
+            RequestSettings {
+                request_timeout: Duration::from_millis(3000),
+                max_concurrent_per_instance: 1,
+                max_queue_wait: Duration::from_millis(500),
+            }
+        );
+    }
+}
+
+#[test]
+fn seed_azure_file_with_a_misspelt_key_is_refused() {
+    let src = SEED_STEP_4.replacen("    request:\n", "    reqest:\n", 1);
+    assert_ne!(src, SEED_STEP_4);
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            24,
+            5,
+            "deployments.blue: unknown key `reqest` in a deployment (did you mean `request`?)"
+        )]
+    );
+}

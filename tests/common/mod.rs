@@ -149,7 +149,12 @@ impl Backend {
     }
     /// Requests whose body arrived whole.
     pub fn complete(&self) -> usize {
-        self.seen.lock().unwrap().iter().filter(|s| s.complete).count()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.complete)
+            .count()
     }
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
@@ -216,7 +221,10 @@ impl EndpointFile {
         }
         s.push_str("deployments:\n");
         for (name, inst, _, req) in &self.deployments {
-            s.push_str(&format!("  {name}:\n    instances: [{}]\n", inst.join(", ")));
+            s.push_str(&format!(
+                "  {name}:\n    instances: [{}]\n",
+                inst.join(", ")
+            ));
             if !req.is_empty() {
                 s.push_str(&format!("    request: {{{req}}}\n"));
             }
@@ -255,12 +263,12 @@ impl Proc {
                 let Ok(line) = line else { break };
                 log2.lock().unwrap().push_str(&line);
                 log2.lock().unwrap().push('\n');
-                if line.contains(&ready) {
-                    if let Some(i) = line.find("addr=") {
-                        let a = line[i + 5..].split_whitespace().next().unwrap_or("");
-                        if let (Some(tx), Ok(a)) = (tx.take(), a.parse::<SocketAddr>()) {
-                            let _ = tx.send(a);
-                        }
+                if line.contains(&ready)
+                    && let Some(i) = line.find("addr=")
+                {
+                    let a = line[i + 5..].split_whitespace().next().unwrap_or("");
+                    if let (Some(tx), Ok(a)) = (tx.take(), a.parse::<SocketAddr>()) {
+                        let _ = tx.send(a);
                     }
                 }
             }
@@ -361,9 +369,8 @@ impl Answer {
             .unwrap_or("")
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
 
