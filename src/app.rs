@@ -146,12 +146,17 @@ pub async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), A
     Ok(())
 }
 
-/// `scoregate demo`: scoring servers for every instance of the file (the first deployment runs
-/// model v1, the next v2, alternating), then the proxy.
+/// `scoregate demo`: scoring servers for every instance of the file (`blue` runs model v1,
+/// `green` v2, other deployments alternate by position), then the proxy.
 pub async fn demo(path: PathBuf) -> Result<(), AppError> {
     let loaded = config::load_file(&path)?;
     for (i, d) in loaded.config.deployments.iter().enumerate() {
-        let model = if i % 2 == 0 { Model::V1 } else { Model::V2 };
+        let model = match d.name.as_str() {
+            "blue" => Model::V1,
+            "green" => Model::V2,
+            _ if i % 2 == 0 => Model::V1,
+            _ => Model::V2,
+        };
         for inst in &d.instances {
             let addr: SocketAddr = match inst.parse() {
                 Ok(a) => a,

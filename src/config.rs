@@ -222,11 +222,12 @@ fn yaml_diagnostic(e: &yaml::Error) -> Diagnostic {
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
-    let mut message = e.to_string();
-    // serde_yaml appends " at line L column C"; the location is printed in front instead.
-    if let Some(i) = message.rfind(" at line ") {
-        message.truncate(i);
-    }
+    // serde_yaml writes " at line L column C" into the message; the location is printed in
+    // front instead. A second location (libyaml's context, "while parsing ... at line 1 column
+    // 4") stays.
+    let message = e
+        .to_string()
+        .replacen(&format!(" at line {line} column {column}"), "", 1);
     Diagnostic {
         line,
         column,
@@ -292,6 +293,16 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
                     msg.push_str(&format!("; expected one of: {}", self.known.join(", ")));
                 }
                 return Err(msg);
+            }
+            let synonym = match key.as_str() {
+                "request" => Some("request_settings"),
+                "request_settings" => Some("request"),
+                _ => None,
+            };
+            if synonym.is_some_and(|s| self.seen.contains(s)) {
+                return Err(
+                    "`request` and `request_settings` are the same setting: keep one".into(),
+                );
             }
             if !self.seen.insert(key.clone()) {
                 return Err(format!("duplicate key `{key}` in {}", self.what));
@@ -531,11 +542,6 @@ impl<'de> Deserialize<'de> for RawDeployment {
                     match key.as_str() {
                         "instances" => raw.instances = Some(map.next_value::<Instances>()?.0),
                         "request" | "request_settings" => {
-                            if raw.request.is_some() {
-                                return Err(de::Error::custom(
-                                    "`request` and `request_settings` are the same setting: keep one",
-                                ));
-                            }
                             raw.request_key = if key == "request" {
                                 "request"
                             } else {
@@ -652,13 +658,16 @@ impl Validator<'_> {
             raw.admin_listen.as_deref(),
             DEFAULT_ADMIN_LISTEN,
         );
+        // The same port on the same IP, or on any IP when one of them is the unspecified address,
+        // cannot be bound twice.
         if let (Some(a), Some(b)) = (listen, admin_listen)
-            && a == b
+            && a.port() == b.port()
             && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
         {
             self.error(
                 &[K("admin_listen")],
-                format!("admin_listen {b} is the same address as listen"),
+                format!("admin_listen {b} and listen {a} cannot both be bound: use another port"),
             );
         }
 
@@ -782,13 +791,18 @@ impl Validator<'_> {
                 request,
             });
         }
+        // One warning per key name, at its first occurrence in the file.
+        let mut located: Vec<(&str, (usize, usize))> =
+            ignored.iter().map(|(k, p)| (*k, self.at(p))).collect();
+        located.sort_by_key(|(_, at)| *at);
         let mut warned = BTreeSet::new();
-        for (key, path) in ignored {
+        for (key, (line, column)) in located {
             if warned.insert(key) {
-                self.warn(
-                    &path,
-                    format!("`{key}` is an Azure ML setting that scoregate ignores"),
-                );
+                self.warnings.push(Diagnostic {
+                    line,
+                    column,
+                    message: format!("`{key}` is an Azure ML setting that scoregate ignores"),
+                });
             }
         }
 
@@ -969,7 +983,12 @@ fn check_instance(s: &str) -> Result<(), String> {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if !valid_dns {
+    // A last label of digits only is a mistyped IPv4 address, not a DNS name (RFC 3696 2).
+    let numeric_tld = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if !valid_dns || numeric_tld {
         return Err(format!("`{host}` is not an IP address or a DNS name"));
     }
     Ok(())
