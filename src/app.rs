@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
+use crate::admin;
 use crate::config::{self, ConfigError, EndpointConfig, Loaded};
+use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy};
-use crate::routing::Table;
+use crate::reload::{self, Loader, traffic_map};
 use crate::scoring::{Model, ScoreServer};
 
 /// A failure that stops a command, with the message the user sees.
@@ -91,37 +92,43 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
         .map_err(|source| AppError::Bind { what, addr, source })
 }
 
-/// A running data plane.
+/// A running proxy.
 pub struct Running {
     pub listen: SocketAddr,
-    pub table: Arc<ArcSwap<Table>>,
+    pub admin_listen: SocketAddr,
+    pub loader: Arc<Loader>,
 }
 
-/// Loads `path`, binds the data plane and starts serving in the background.
+/// Loads `path`, binds the admin listener and the data plane, and starts serving and watching
+/// the file in the background.
 pub async fn start(path: &Path) -> Result<Running, AppError> {
     let loaded = config::load_file(path)?;
     eprint!("{}", format_warnings(path, &loaded));
     let cfg = &loaded.config;
+    let admin = bind("admin", cfg.admin_listen).await?;
     let listener = bind("data plane", cfg.listen).await?;
+    let admin_listen = admin.local_addr().unwrap_or(cfg.admin_listen);
     let listen = listener.local_addr().unwrap_or(cfg.listen);
-    let table = Arc::new(ArcSwap::from_pointee(Table::compile(cfg, 1, None)));
+
+    let metrics = Arc::new(Metrics::new());
+    let loader = Arc::new(Loader::new(path, &loaded, metrics.clone()));
     tracing::info!(
         file = %path.display(),
-        traffic = %traffic_summary(cfg),
+        generation = 1,
+        traffic = %traffic_map(cfg),
         "endpoint file loaded"
     );
-    let proxy = Arc::new(Proxy::new(table.clone()));
+    tokio::spawn(admin::serve(admin, metrics));
+    tracing::info!(addr = %admin_listen, "admin listening");
+    let proxy = Arc::new(Proxy::new(loader.table()));
     tokio::spawn(proxy::serve(listener, proxy));
+    tokio::spawn(reload::watch(loader.clone()));
     tracing::info!(addr = %listen, "data plane listening");
-    Ok(Running { listen, table })
-}
-
-fn traffic_summary(cfg: &EndpointConfig) -> String {
-    cfg.deployments
-        .iter()
-        .map(|d| format!("{}={}", d.name, d.weight))
-        .collect::<Vec<_>>()
-        .join(" ")
+    Ok(Running {
+        listen,
+        admin_listen,
+        loader,
+    })
 }
 
 /// `scoregate run`: serves until Ctrl-C or SIGTERM.

@@ -2,14 +2,18 @@
 //!
 //! Data path: endpoint file → [`config`] (validate) → [`routing`] (compiled table, one
 //! `ArcSwap::load` per request) → [`proxy`] (per request) → [`upstream`] (pooled client).
+//! [`reload`] is the table's only writer; [`metrics`] and [`admin`] sit beside the data path.
 //! Errors the proxy answers itself are in [`error`]; commands in [`app`]; the built-in scoring
 //! server in [`scoring`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod scoring;
 pub mod upstream;

@@ -237,6 +237,8 @@ impl EndpointFile {
 pub struct Proc {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when the process logged one before it was ready.
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
     _dir: Option<tempfile::TempDir>,
     pub config: Option<PathBuf>,
@@ -257,17 +259,27 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let ready = ready.to_string();
         let log2 = log.clone();
+        let admin = Arc::new(Mutex::new(None));
+        let admin2 = admin.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 log2.lock().unwrap().push_str(&line);
                 log2.lock().unwrap().push('\n');
-                if line.contains(&ready)
-                    && let Some(i) = line.find("addr=")
-                {
-                    let a = line[i + 5..].split_whitespace().next().unwrap_or("");
-                    if let (Some(tx), Ok(a)) = (tx.take(), a.parse::<SocketAddr>()) {
+                let addr = line.find("addr=").and_then(|i| {
+                    line[i + 5..]
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                });
+                if let Some(a) = addr {
+                    if line.contains("admin listening") {
+                        *admin2.lock().unwrap() = Some(a);
+                    }
+                    if line.contains(&ready)
+                        && let Some(tx) = tx.take()
+                    {
                         let _ = tx.send(a);
                     }
                 }
@@ -277,6 +289,7 @@ impl Proc {
             Ok(addr) => Proc {
                 child,
                 addr,
+                admin: *admin.lock().unwrap(),
                 log,
                 _dir: None,
                 config: None,
@@ -314,6 +327,27 @@ impl Proc {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin.expect("the process logged its admin address");
+        let a = get(&client(), &format!("http://{admin}/metrics"), &[]).await;
+        String::from_utf8(a.body.to_vec()).unwrap()
+    }
+
+    /// The value of one sample line of `/metrics` (`name{labels}` exactly as rendered).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
     }
 
     pub fn log(&self) -> String {
@@ -425,4 +459,139 @@ pub fn chi_square(observed: &[usize], weights: &[f64]) -> f64 {
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// One request of a [`Load`].
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub started: std::time::Instant,
+    pub finished: std::time::Instant,
+    /// `Ok((status, x-deployment))` or the client error.
+    pub result: Result<(StatusCode, String), String>,
+}
+
+/// Sustained keep-alive GET load through the proxy from `conns` concurrent clients.
+pub struct Load {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: String, conns: usize) -> Load {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = client();
+        let tasks = (0..conns)
+            .map(|_| {
+                let (c, url, samples, stop) =
+                    (c.clone(), url.clone(), samples.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = std::time::Instant::now();
+                        let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                        let result = match c.request(req).await {
+                            Ok(resp) => {
+                                let dep = resp
+                                    .headers()
+                                    .get("x-deployment")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let status = resp.status();
+                                match resp.into_body().collect().await {
+                                    Ok(_) => Ok((status, dep)),
+                                    Err(e) => Err(format!("body: {e}")),
+                                }
+                            }
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        samples.lock().unwrap().push(Sample {
+                            started,
+                            finished: std::time::Instant::now(),
+                            result,
+                        });
+                    }
+                })
+            })
+            .collect();
+        Load {
+            samples,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    /// Requests that failed: a client error or a non-2xx answer.
+    pub fn failures(&self) -> Vec<Sample> {
+        self.samples()
+            .into_iter()
+            .filter(|s| !matches!(&s.result, Ok((st, _)) if st.is_success()))
+            .collect()
+    }
+
+    /// Waits until an answer from `deployment` to a request started after `since` has arrived,
+    /// then checks that every request started after that answer went to `deployment` too.
+    /// Returns the time from `since` to that first answer.
+    pub async fn wait_for_only(
+        &self,
+        deployment: &str,
+        since: std::time::Instant,
+        timeout: Duration,
+    ) -> Duration {
+        let deadline = since + timeout;
+        let first = loop {
+            let found = self
+                .samples()
+                .into_iter()
+                .find(|s| s.started >= since && matches!(&s.result, Ok((_, d)) if d == deployment));
+            if let Some(s) = found {
+                break s.finished;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer from {deployment} within {timeout:?} (last: {:?})",
+                self.samples().last().map(|s| &s.result)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        self.assert_only_after(deployment, first).await;
+        first - since
+    }
+
+    /// Lets the load run 200 ms more and checks that every request started after `t` was
+    /// answered by `deployment`.
+    pub async fn assert_only_after(&self, deployment: &str, t: std::time::Instant) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after: Vec<Sample> = self
+            .samples()
+            .into_iter()
+            .filter(|s| s.started > t)
+            .collect();
+        assert!(!after.is_empty(), "the load stalled");
+        let wrong: Vec<_> = after
+            .iter()
+            .filter(|s| !matches!(&s.result, Ok((_, d)) if d == deployment))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{} of {} answers after the switch were not from {deployment}: {:?}",
+            wrong.len(),
+            after.len(),
+            wrong.first()
+        );
+    }
+
+    /// Stops the load and returns every sample.
+    pub async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.samples.lock().unwrap().clone()
+    }
 }
