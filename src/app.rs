@@ -197,7 +197,9 @@ pub async fn demo(path: PathBuf) -> Result<(), AppError> {
          curl {url}/score\n  \
          curl -H '{pin}: {pinned}' {url}/score\n  \
          curl -X POST -H 'content-type: application/json' -d '{{\"data\": [[1,2,3,4,5,6,7,8,9,10]]}}' {url}/score\n  \
-         load-test/load_test.sh 20 {url}/score\n\nCtrl-C stops the demo.",
+         load-test/load_test.sh 20 {url}/score\n\n\
+         Edit {file} (or copy a config/step-*.yaml over it) and traffic follows within a second;\n\
+         metrics: curl http://{admin}/metrics\n\nCtrl-C stops the demo.",
         loaded
             .config
             .deployments
@@ -205,6 +207,8 @@ pub async fn demo(path: PathBuf) -> Result<(), AppError> {
             .map(|d| d.instances.len())
             .sum::<usize>(),
         traffic_table(&loaded.config),
+        file = path.display(),
+        admin = running.admin_listen,
     );
     wait_for_shutdown().await;
     Ok(())

@@ -545,12 +545,12 @@ impl Load {
     ) -> Duration {
         let deadline = since + timeout;
         let first = loop {
-            let found = self
-                .samples()
-                .into_iter()
-                .find(|s| s.started >= since && matches!(&s.result, Ok((_, d)) if d == deployment));
-            if let Some(s) = found {
-                break s.finished;
+            let found = self.find_after(
+                since,
+                |s| matches!(&s.result, Ok((_, d)) if d == deployment),
+            );
+            if let Some(finished) = found {
+                break finished;
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -563,15 +563,32 @@ impl Load {
         first - since
     }
 
+    /// The finish time of the first sample started at or after `since` that matches `pred`.
+    /// Samples are appended as they finish, so the search starts near `since`.
+    fn find_after(
+        &self,
+        since: std::time::Instant,
+        pred: impl Fn(&Sample) -> bool,
+    ) -> Option<std::time::Instant> {
+        let samples = self.samples.lock().unwrap();
+        let from = samples
+            .partition_point(|s| s.finished < since)
+            .saturating_sub(256);
+        samples[from..]
+            .iter()
+            .find(|s| s.started >= since && pred(s))
+            .map(|s| s.finished)
+    }
+
     /// Lets the load run 200 ms more and checks that every request started after `t` was
     /// answered by `deployment`.
     pub async fn assert_only_after(&self, deployment: &str, t: std::time::Instant) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let after: Vec<Sample> = self
-            .samples()
-            .into_iter()
-            .filter(|s| s.started > t)
-            .collect();
+        let samples = self.samples.lock().unwrap();
+        let from = samples
+            .partition_point(|s| s.finished < t)
+            .saturating_sub(256);
+        let after: Vec<&Sample> = samples[from..].iter().filter(|s| s.started > t).collect();
         assert!(!after.is_empty(), "the load stalled");
         let wrong: Vec<_> = after
             .iter()
