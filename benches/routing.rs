@@ -17,7 +17,7 @@ fn routing(c: &mut Criterion) {
     let cfg = parse_str(FILE, Path::new("bench.yaml"))
         .expect("valid")
         .config;
-    let table = Table::compile(&cfg, 1, None);
+    let table = Table::compile(&cfg, 1, None, &scoregate::metrics::Metrics::new());
     let table = arc_swap::ArcSwap::from_pointee(table);
     let mut rng = SmallRng::seed_from_u64(1);
     c.bench_function(

@@ -1,9 +1,11 @@
-//! The admin listener (`admin_listen`): `/metrics` and `/healthz`. Beside the data path, on its
-//! own socket so that scrapes never queue behind scoring traffic.
+//! The admin listener (`admin_listen`): `/metrics`, `/healthz`, `/readyz`, `/config`, and the
+//! live status page at `/` with its `/status.json`. Beside the data path, on its own socket so
+//! that scrapes never queue behind scoring traffic.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -12,9 +14,297 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::metrics::{LATENCY_BUCKETS, Metrics};
+use crate::reload::Loader;
+use crate::routing::Table;
+
+/// The status page, one self-contained file.
+const STATUS_HTML: &str = include_str!("status.html");
+/// How far back the status page's rates and latencies look.
+pub const WINDOW: Duration = Duration::from_secs(10);
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Cumulative counts of one deployment at one instant.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+type Snapshot = (Instant, HashMap<String, Counts>);
+
+/// What the admin endpoints read.
+pub struct Admin {
+    loader: Arc<Loader>,
+    metrics: Arc<Metrics>,
+    history: Mutex<VecDeque<Snapshot>>,
+}
+
+fn counts(table: &Table) -> HashMap<String, Counts> {
+    let mut out: HashMap<String, Counts> = table
+        .deployments
+        .iter()
+        .map(|d| {
+            let (requests, errors) = d.metrics.totals();
+            let buckets = d.metrics.latency_buckets();
+            (
+                d.name.to_string(),
+                Counts {
+                    requests,
+                    errors,
+                    buckets,
+                },
+            )
+        })
+        .collect();
+    let (requests, errors) = table.unrouted.totals();
+    out.insert(
+        String::new(),
+        Counts {
+            requests,
+            errors,
+            buckets: Vec::new(),
+        },
+    );
+    out
+}
+
+/// The `q` quantile (0–1) of the requests between two cumulative bucket snapshots, in
+/// milliseconds, interpolated within its bucket as Prometheus' `histogram_quantile` does.
+fn quantile_ms(q: f64, now: &[u64], then: &[u64]) -> Option<f64> {
+    let delta: Vec<u64> = now
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.saturating_sub(then.get(i).copied().unwrap_or(0)))
+        .collect();
+    let total = *delta.last()? as f64;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    for (i, &cum) in delta.iter().enumerate() {
+        if cum as f64 >= rank {
+            let Some(&upper) = LATENCY_BUCKETS.get(i) else {
+                // In the +Inf bucket: the highest finite bound is the best answer.
+                return LATENCY_BUCKETS.last().map(|b| b * 1000.0);
+            };
+            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+            let below = if i == 0 { 0.0 } else { delta[i - 1] as f64 };
+            let inside = cum as f64 - below;
+            let frac = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return Some((lower + (upper - lower) * frac) * 1000.0);
+        }
+    }
+    None
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Admin {
+    pub fn new(loader: Arc<Loader>, metrics: Arc<Metrics>) -> Admin {
+        Admin {
+            loader,
+            metrics,
+            history: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, VecDeque<Snapshot>> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records counts once a second for the status page's windowed rates.
+    pub async fn sample(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            let snap = counts(&self.loader.table().load());
+            let mut h = self.history();
+            h.push_back((Instant::now(), snap));
+            while h.len() > (WINDOW.as_secs() + 1) as usize {
+                h.pop_front();
+            }
+        }
+    }
+
+    /// `/readyz`: `Ok` when every deployment with weight > 0 has a healthy instance.
+    pub fn readiness(&self) -> Result<(), String> {
+        let table = self.loader.table().load();
+        let unready: Vec<&str> = table
+            .deployments
+            .iter()
+            .filter(|d| d.weight > 0 && !d.instances.iter().any(|i| i.is_healthy()))
+            .map(|d| &*d.name)
+            .collect();
+        if unready.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no healthy instance in deployment(s) with traffic: {}",
+                unready.join(", ")
+            ))
+        }
+    }
+
+    /// `/config`: the live configuration and its provenance.
+    pub fn config_json(&self) -> Value {
+        let status = self.loader.status();
+        let table = self.loader.table().load();
+        let sha: String = Sha256::digest(status.source.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let traffic: serde_json::Map<String, Value> = table
+            .deployments
+            .iter()
+            .map(|d| (d.name.to_string(), json!(d.weight)))
+            .collect();
+        let deployments: serde_json::Map<String, Value> = table
+            .deployments
+            .iter()
+            .map(|d| {
+                let instances: Vec<Value> = d
+                    .instances
+                    .iter()
+                    .map(|i| {
+                        json!({"instance": &*i.addr, "healthy": i.is_healthy(), "in_flight": i.in_flight()})
+                    })
+                    .collect();
+                (
+                    d.name.to_string(),
+                    json!({
+                        "weight": d.weight,
+                        "instances": instances,
+                        "request": {
+                            "request_timeout_ms": d.settings.request_timeout.as_millis() as u64,
+                            "max_concurrent_requests_per_instance": d.settings.max_concurrent_per_instance,
+                            "max_queue_wait_ms": d.settings.max_queue_wait.as_millis() as u64,
+                        },
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "generation": status.generation,
+            "loaded_at": rfc3339(status.loaded_at),
+            "file": self.loader.path().display().to_string(),
+            "sha256": sha,
+            "pin_header": table.pin_header.as_str(),
+            "traffic": traffic,
+            "mirror": {},
+            "deployments": deployments,
+            "last_reload_error": status.last_error,
+        })
+    }
+
+    /// `/status.json`: what the status page shows, with rates over the last [`WINDOW`].
+    pub fn status_json(&self) -> Value {
+        let status = self.loader.status();
+        let table = self.loader.table().load();
+        let now_counts = counts(&table);
+        let now = Instant::now();
+        let (then_at, then_counts) = self
+            .history()
+            .iter()
+            .find(|(at, _)| now.duration_since(*at) <= WINDOW + SAMPLE_EVERY)
+            .cloned()
+            .unwrap_or((now, HashMap::new()));
+        let secs = now.duration_since(then_at).as_secs_f64();
+        let rate = |c: &Counts, t: Option<&Counts>| {
+            let d = c.requests - t.map_or(0, |t| t.requests.min(c.requests));
+            if secs > 0.0 { d as f64 / secs } else { 0.0 }
+        };
+        let deployments: Vec<Value> = table
+            .deployments
+            .iter()
+            .map(|d| {
+                let c = &now_counts[&*d.name];
+                let t = then_counts.get(&*d.name);
+                let window_requests = c.requests - t.map_or(0, |t| t.requests.min(c.requests));
+                let window_errors = c.errors - t.map_or(0, |t| t.errors.min(c.errors));
+                let empty = Vec::new();
+                let then_buckets = t.map_or(&empty, |t| &t.buckets);
+                let instances: Vec<Value> = d
+                    .instances
+                    .iter()
+                    .map(|i| json!({"instance": &*i.addr, "healthy": i.is_healthy(), "in_flight": i.in_flight()}))
+                    .collect();
+                json!({
+                    "name": &*d.name,
+                    "weight": d.weight,
+                    "requests_per_second": rate(c, t),
+                    "error_ratio": (window_requests > 0).then(|| window_errors as f64 / window_requests as f64),
+                    "p50_ms": quantile_ms(0.5, &c.buckets, then_buckets),
+                    "p99_ms": quantile_ms(0.99, &c.buckets, then_buckets),
+                    "in_flight": d.metrics.in_flight().get(),
+                    "requests_total": c.requests,
+                    "instances": instances,
+                })
+            })
+            .collect();
+        let unrouted = &now_counts[""];
+        json!({
+            "endpoint": status.name,
+            "file": self.loader.path().display().to_string(),
+            "generation": status.generation,
+            "loaded_at": rfc3339(status.loaded_at),
+            "last_reload_error": status.last_error,
+            "window_seconds": secs,
+            "mirror": null,
+            "deployments": deployments,
+            "unrouted": {
+                "requests_per_second": rate(unrouted, then_counts.get("")),
+                "requests_total": unrouted.requests,
+            },
+            "now": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        })
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "application/json",
+                r#"{"error":"the admin listener answers GET only"}"#,
+            );
+        }
+        match req.uri().path() {
+            "/" | "/index.html" => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_HTML),
+            "/status.json" => json_response(StatusCode::OK, &self.status_json()),
+            "/config" => json_response(StatusCode::OK, &self.config_json()),
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
+            "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => match self.readiness() {
+                Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
+                Err(why) => respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                r#"{"error":"not found: try /, /metrics, /healthz, /readyz, /config or /status.json"}"#,
+            ),
+        }
+    }
+}
 
 fn respond(
     status: StatusCode,
@@ -25,27 +315,18 @@ fn respond(
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn handle(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        _ => respond(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            r#"{"error":"not found: try /metrics or /healthz"}"#,
-        ),
-    }
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", v.to_string())
 }
 
 /// Serves the admin endpoints on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    tokio::spawn(admin.clone().sample());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
@@ -54,16 +335,38 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let metrics = metrics.clone();
+        let admin = admin.clone();
         let conn = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req| {
-                let out = handle(&req, &metrics);
+                let out = admin.handle(&req);
                 async move { Ok::<_, Infallible>(out) }
             }),
         );
         tokio::spawn(async move {
             let _ = conn.await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        // 100 requests: 50 in (0, 1 ms], 50 in (1, 2.5 ms].
+        let mut now = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        now[0] = 50;
+        for c in now.iter_mut().skip(1) {
+            *c = 100;
+        }
+        let then = vec![0u64; now.len()];
+        assert_eq!(quantile_ms(0.5, &now, &then), Some(1.0));
+        let p99 = quantile_ms(0.99, &now, &then).unwrap();
+        assert!((p99 - 2.47).abs() < 1e-9, "{p99}");
+        assert_eq!(quantile_ms(0.5, &then, &then), None);
+        // Only what happened in the window counts.
+        assert_eq!(quantile_ms(0.5, &now, &now), None);
     }
 }

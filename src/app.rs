@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::admin;
+use crate::admin::{self, Admin};
 use crate::config::{self, ConfigError, EndpointConfig, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy};
@@ -118,7 +118,10 @@ pub async fn start(path: &Path) -> Result<Running, AppError> {
         traffic = %traffic_map(cfg),
         "endpoint file loaded"
     );
-    tokio::spawn(admin::serve(admin, metrics));
+    tokio::spawn(admin::serve(
+        admin,
+        Arc::new(Admin::new(loader.clone(), metrics)),
+    ));
     tracing::info!(addr = %admin_listen, "admin listening");
     let proxy = Arc::new(Proxy::new(loader.table()));
     tokio::spawn(proxy::serve(listener, proxy));

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
+use crate::metrics::UpstreamErrorKind;
 use crate::upstream::ResponseBody;
 
 /// Every way the proxy can fail a request.
@@ -44,13 +45,13 @@ impl ProxyError {
         }
     }
 
-    /// The `kind` label of `scoregate_upstream_errors_total`, for errors involving an instance.
-    pub fn upstream_kind(&self) -> Option<&'static str> {
+    /// The `kind` of `scoregate_upstream_errors_total`, for errors involving an instance.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {
-            ProxyError::Connect => Some("connect"),
-            ProxyError::Timeout { .. } => Some("timeout"),
-            ProxyError::Overloaded { .. } => Some("overload"),
-            ProxyError::Protocol => Some("protocol"),
+            ProxyError::Connect => Some(UpstreamErrorKind::Connect),
+            ProxyError::Timeout { .. } => Some(UpstreamErrorKind::Timeout),
+            ProxyError::Overloaded { .. } => Some(UpstreamErrorKind::Overload),
+            ProxyError::Protocol => Some(UpstreamErrorKind::Protocol),
             _ => None,
         }
     }

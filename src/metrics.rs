@@ -1,11 +1,60 @@
-//! Prometheus metrics: every collector registered once in [`Metrics`], label handles resolved
-//! ahead of time, rendered by the admin listener's `/metrics`. Beside the data path.
+//! Prometheus metrics: every collector registered once in [`Metrics`]; per-deployment label
+//! handles resolved when a table is compiled ([`DeploymentMetrics`]), so the request path does
+//! no label lookup. Rendered by the admin listener's `/metrics`. Beside the data path.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: 1 ms to 120 s (model scoring can be slow).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// The deployment label of requests refused before a deployment was chosen.
+pub const NONE: &str = "none";
+
+/// `kind` values of `scoregate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect = 0,
+    Timeout = 1,
+    Overload = 2,
+    Protocol = 3,
+}
+
+impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Overload,
+        UpstreamErrorKind::Protocol,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Overload => "overload",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
 
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    upstream_errors: IntCounterVec,
+    weight: IntGaugeVec,
+    /// `scoregate_mirror_requests_total{deployment, result}`.
+    pub mirror: IntCounterVec,
+    instance_healthy: IntGaugeVec,
     reload_success: IntCounter,
     reload_error: IntCounter,
     /// `scoregate_config_generation`: successful reloads with new content, 1 for the first load.
@@ -14,33 +63,85 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
 }
 
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("static metric definition")
+}
+
 impl Metrics {
     /// Registers every collector (and the process collector on Linux).
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "scoregate_config_reloads_total",
-                "Attempts to reload the endpoint file, by result.",
-            ),
-            &["result"],
+        let requests = counter_vec(
+            "scoregate_requests_total",
+            "Requests answered, by deployment (none: refused before routing), status code sent and whether the pin header was present.",
+            &["deployment", "code", "pinned"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "scoregate_request_duration_seconds",
+                "Time from a request's arrival to its response headers, by deployment.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["deployment"],
         )
         .expect("static metric definition");
-        let config_generation = IntGauge::new(
+        let in_flight = gauge_vec(
+            "scoregate_upstream_in_flight",
+            "Requests held by instances of the deployment (until the response body has streamed).",
+            &["deployment"],
+        );
+        let upstream_errors = counter_vec(
+            "scoregate_upstream_errors_total",
+            "Failed exchanges with instances, by deployment and kind (connect, timeout, overload, protocol).",
+            &["deployment", "kind"],
+        );
+        let weight = gauge_vec(
+            "scoregate_traffic_weight",
+            "Live traffic weight of the deployment, 0-100.",
+            &["deployment"],
+        );
+        let mirror = counter_vec(
+            "scoregate_mirror_requests_total",
+            "Mirrored copies of requests, by mirror deployment and result (ok, error, dropped).",
+            &["deployment", "result"],
+        );
+        let instance_healthy = gauge_vec(
+            "scoregate_instance_healthy",
+            "1 when the instance takes traffic, 0 while it is ejected.",
+            &["deployment", "instance"],
+        );
+        let reloads = counter_vec(
+            "scoregate_config_reloads_total",
+            "Attempts to reload the endpoint file, by result.",
+            &["result"],
+        );
+        let config_generation = gauge(
             "scoregate_config_generation",
             "Generation of the live endpoint table; grows by one per applied change.",
-        )
-        .expect("static metric definition");
-        let config_last_reload_success = IntGauge::new(
+        );
+        let config_last_reload_success = gauge(
             "scoregate_config_last_reload_success",
             "1 when the last attempt to load the endpoint file succeeded, else 0.",
-        )
-        .expect("static metric definition");
-        for c in [
-            Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
+        );
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(weight.clone()),
+            Box::new(mirror.clone()),
+            Box::new(instance_healthy.clone()),
+            Box::new(reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(config_last_reload_success.clone()),
-        ] {
+        ];
+        for c in collectors {
             registry.register(c).expect("metric registered once");
         }
         #[cfg(target_os = "linux")]
@@ -51,6 +152,13 @@ impl Metrics {
             .expect("process collector registered once");
         Metrics {
             registry,
+            requests,
+            duration,
+            in_flight,
+            upstream_errors,
+            weight,
+            mirror,
+            instance_healthy,
             reload_success: reloads.with_label_values(&["success"]),
             reload_error: reloads.with_label_values(&["error"]),
             config_generation,
@@ -68,6 +176,67 @@ impl Metrics {
         self.config_last_reload_success.set(i64::from(ok));
     }
 
+    /// Handles for one deployment's series (created now with zero values, so that rates and
+    /// dashboards see them from the start).
+    pub fn deployment(&self, name: &str) -> DeploymentMetrics {
+        let m = DeploymentMetrics::lazy(self, name);
+        let _ = m.in_flight();
+        for k in UpstreamErrorKind::ALL {
+            let _ = m.error_counter(k);
+        }
+        m
+    }
+
+    /// Handles for requests refused before routing (`deployment="none"`).
+    pub fn unrouted(&self) -> DeploymentMetrics {
+        DeploymentMetrics::lazy(self, NONE)
+    }
+
+    /// Sets `scoregate_traffic_weight` for `deployment`.
+    pub fn set_weight(&self, deployment: &str, weight: u8) {
+        self.weight
+            .with_label_values(&[deployment])
+            .set(i64::from(weight));
+    }
+
+    /// The `scoregate_instance_healthy` handle of one instance.
+    pub fn instance_healthy(&self, deployment: &str, instance: &str) -> IntGauge {
+        self.instance_healthy
+            .with_label_values(&[deployment, instance])
+    }
+
+    /// Drops the series of an instance removed by a reload.
+    pub fn remove_instance(&self, deployment: &str, instance: &str) {
+        let _ = self
+            .instance_healthy
+            .remove_label_values(&[deployment, instance]);
+    }
+
+    /// Drops every series of a deployment removed by a reload.
+    pub fn remove_deployment(&self, m: &DeploymentMetrics, instances: &[&str]) {
+        let d = &*m.name;
+        for (i, slots) in m.requests.iter().enumerate() {
+            for (p, slot) in slots.iter().enumerate() {
+                if slot.get().is_some() {
+                    let code = (i as u16 + FIRST_CODE).to_string();
+                    let _ = self.requests.remove_label_values(&[d, &code, PINNED[p]]);
+                }
+            }
+        }
+        let _ = self.duration.remove_label_values(&[d]);
+        let _ = self.in_flight.remove_label_values(&[d]);
+        for k in UpstreamErrorKind::ALL {
+            let _ = self.upstream_errors.remove_label_values(&[d, k.label()]);
+        }
+        let _ = self.weight.remove_label_values(&[d]);
+        for result in ["ok", "error", "dropped"] {
+            let _ = self.mirror.remove_label_values(&[d, result]);
+        }
+        for inst in instances {
+            self.remove_instance(d, inst);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -80,6 +249,110 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+const FIRST_CODE: u16 = 100;
+const CODES: usize = 900; // 100..=999, every status code `http` accepts
+const PINNED: [&str; 2] = ["false", "true"];
+
+/// One deployment's metric handles. Request counters per (code, pinned) are resolved on first
+/// use and then read without a lookup.
+pub struct DeploymentMetrics {
+    name: Box<str>,
+    requests_vec: IntCounterVec,
+    requests: Box<[[OnceLock<IntCounter>; 2]]>,
+    duration: Histogram,
+    in_flight_vec: IntGaugeVec,
+    in_flight: OnceLock<IntGauge>,
+    errors_vec: IntCounterVec,
+    errors: [OnceLock<IntCounter>; 4],
+}
+
+impl std::fmt::Debug for DeploymentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentMetrics")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeploymentMetrics {
+    fn lazy(m: &Metrics, name: &str) -> DeploymentMetrics {
+        DeploymentMetrics {
+            name: name.into(),
+            requests_vec: m.requests.clone(),
+            requests: (0..CODES)
+                .map(|_| [OnceLock::new(), OnceLock::new()])
+                .collect(),
+            duration: m.duration.with_label_values(&[name]),
+            in_flight_vec: m.in_flight.clone(),
+            in_flight: OnceLock::new(),
+            errors_vec: m.upstream_errors.clone(),
+            errors: Default::default(),
+        }
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn request(&self, code: u16, pinned: bool, elapsed: Duration) {
+        let p = usize::from(pinned);
+        let i = usize::from(code.clamp(FIRST_CODE, 999) - FIRST_CODE);
+        self.requests[i][p]
+            .get_or_init(|| {
+                let code = (i as u16 + FIRST_CODE).to_string();
+                self.requests_vec
+                    .with_label_values(&[&*self.name, &code, PINNED[p]])
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// `scoregate_upstream_in_flight` of this deployment.
+    pub fn in_flight(&self) -> &IntGauge {
+        self.in_flight
+            .get_or_init(|| self.in_flight_vec.with_label_values(&[&*self.name]))
+    }
+
+    fn error_counter(&self, kind: UpstreamErrorKind) -> &IntCounter {
+        self.errors[kind as usize].get_or_init(|| {
+            self.errors_vec
+                .with_label_values(&[&*self.name, kind.label()])
+        })
+    }
+
+    /// Counts one failed exchange with an instance.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.error_counter(kind).inc();
+    }
+
+    /// Requests answered so far, and those answered with 5xx.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut all = 0;
+        let mut errors = 0;
+        for (i, slots) in self.requests.iter().enumerate() {
+            for slot in slots {
+                if let Some(c) = slot.get() {
+                    all += c.get();
+                    if (400..500).contains(&i) {
+                        errors += c.get();
+                    }
+                }
+            }
+        }
+        (all, errors)
+    }
+
+    /// Cumulative latency bucket counts (same order as [`LATENCY_BUCKETS`], then +Inf).
+    pub fn latency_buckets(&self) -> Vec<u64> {
+        let proto = prometheus::core::Metric::metric(&self.duration);
+        let h = proto.get_histogram();
+        let mut out: Vec<u64> = h
+            .get_bucket()
+            .iter()
+            .map(|b| b.cumulative_count())
+            .collect();
+        out.push(h.get_sample_count());
+        out
     }
 }
 
@@ -99,5 +372,38 @@ mod tests {
         assert!(text.contains("scoregate_config_reloads_total{result=\"error\"} 2"));
         assert!(text.contains("scoregate_config_generation 3"));
         assert!(text.contains("scoregate_config_last_reload_success 0"));
+    }
+
+    #[test]
+    fn requests_are_counted_by_code_and_pin_and_removed_with_their_deployment() {
+        let m = Metrics::new();
+        let d = m.deployment("blue");
+        for _ in 0..3 {
+            d.request(200, false, Duration::from_millis(2));
+        }
+        d.request(200, true, Duration::from_millis(2));
+        d.request(503, false, Duration::from_secs(70));
+        d.request(999, false, Duration::ZERO);
+        let text = m.render();
+        assert!(text.contains(
+            "scoregate_requests_total{code=\"200\",deployment=\"blue\",pinned=\"false\"} 3"
+        ));
+        assert!(text.contains(
+            "scoregate_requests_total{code=\"200\",deployment=\"blue\",pinned=\"true\"} 1"
+        ));
+        assert!(text.contains(
+            "scoregate_request_duration_seconds_bucket{deployment=\"blue\",le=\"60\"} 5"
+        ));
+        assert!(
+            text.contains(
+                "scoregate_upstream_errors_total{deployment=\"blue\",kind=\"overload\"} 0"
+            )
+        );
+        assert_eq!(d.totals(), (6, 1));
+        assert_eq!(d.latency_buckets().last(), Some(&6));
+        m.remove_deployment(&d, &[]);
+        let text = m.render();
+        assert!(!text.contains("code=\"200\",deployment=\"blue\""), "{text}");
+        assert!(!text.contains("deployment=\"blue\""), "{text}");
     }
 }

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -44,12 +45,27 @@ impl Proxy {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Response<ResponseBody> {
+        let start = Instant::now();
         // The request keeps this table until it ends, whatever reloads happen meanwhile.
         let table = self.table.load_full();
+        let pinned = req.headers().contains_key(&table.pin_header);
         match self.forward(&table, req, remote).await {
-            Ok(resp) => resp,
+            Ok((resp, index)) => {
+                table.deployments[index].metrics.request(
+                    resp.status().as_u16(),
+                    pinned,
+                    start.elapsed(),
+                );
+                resp
+            }
             Err((err, dep)) => {
-                error_response(&err, dep.map(|i| &table.deployments[i].header_value))
+                let dep = dep.map(|i| &table.deployments[i]);
+                let m = dep.map_or(&table.unrouted, |d| &d.metrics);
+                if let Some(kind) = err.upstream_kind() {
+                    m.upstream_error(kind);
+                }
+                m.request(err.status().as_u16(), pinned, start.elapsed());
+                error_response(&err, dep.map(|d| &d.header_value))
             }
         }
     }
@@ -59,7 +75,7 @@ impl Proxy {
         table: &Table,
         req: Request<Incoming>,
         remote: SocketAddr,
-    ) -> Result<Response<ResponseBody>, (ProxyError, Option<usize>)> {
+    ) -> Result<(Response<ResponseBody>, usize), (ProxyError, Option<usize>)> {
         let limit = table.max_request_body_bytes;
         if let Some(len) = content_length(req.headers())
             && len > limit
@@ -117,9 +133,9 @@ impl Proxy {
         parts
             .headers
             .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, slot),
+        Ok((
+            Response::from_parts(parts, ResponseBody::upstream(body, slot)),
+            choice.index,
         ))
     }
 }

@@ -41,6 +41,7 @@ struct State {
     last_seen: Result<String, String>,
     /// The content of the live table.
     applied: String,
+    name: Option<String>,
     generation: u64,
     listen: SocketAddr,
     admin_listen: SocketAddr,
@@ -51,6 +52,8 @@ struct State {
 /// A snapshot of the loader's state, for the admin listener and logs.
 #[derive(Debug, Clone)]
 pub struct Status {
+    /// The endpoint's `name`, if the file gives one.
+    pub name: Option<String>,
     pub generation: u64,
     pub loaded_at: SystemTime,
     pub last_error: Option<String>,
@@ -72,6 +75,7 @@ impl Loader {
             &loaded.config,
             1,
             None,
+            &metrics,
         )));
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
@@ -82,6 +86,7 @@ impl Loader {
             state: Mutex::new(State {
                 last_seen: Ok(loaded.source.clone()),
                 applied: loaded.source.clone(),
+                name: loaded.config.name.clone(),
                 generation: 1,
                 listen: loaded.config.listen,
                 admin_listen: loaded.config.admin_listen,
@@ -104,6 +109,7 @@ impl Loader {
     pub fn status(&self) -> Status {
         let st = self.lock();
         Status {
+            name: st.name.clone(),
             generation: st.generation,
             loaded_at: st.loaded_at,
             last_error: st.last_error.clone(),
@@ -169,9 +175,10 @@ impl Loader {
             return false;
         }
         st.generation += 1;
-        let table = Table::compile(cfg, st.generation, Some(&self.table.load()));
+        let table = Table::compile(cfg, st.generation, Some(&self.table.load()), &self.metrics);
         self.table.store(Arc::new(table));
         st.applied = src;
+        st.name = cfg.name.clone();
         st.loaded_at = SystemTime::now();
         self.metrics.config_generation.set(st.generation as i64);
         tracing::info!(

@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
@@ -14,6 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{EndpointConfig, RequestSettings};
 use crate::error::ProxyError;
+use crate::metrics::{DeploymentMetrics, Metrics};
+use prometheus::IntGauge;
 
 /// One scoring instance. Shared between tables across reloads when its deployment and address
 /// stay the same, so its pooled connections and counters survive.
@@ -24,15 +26,41 @@ pub struct Instance {
     /// `host:port` for the upstream URI.
     pub authority: Authority,
     in_flight: AtomicU32,
+    healthy: AtomicBool,
+    /// `scoregate_upstream_in_flight` of the instance's deployment.
+    deployment_in_flight: IntGauge,
+    /// `scoregate_instance_healthy` of this instance.
+    healthy_gauge: IntGauge,
 }
 
 impl Instance {
-    fn new(addr: &str) -> Option<Self> {
+    fn new(
+        addr: &str,
+        deployment: &str,
+        dm: &DeploymentMetrics,
+        metrics: &Metrics,
+    ) -> Option<Self> {
+        let healthy_gauge = metrics.instance_healthy(deployment, addr);
+        healthy_gauge.set(1);
         Some(Instance {
             addr: addr.into(),
             authority: Authority::from_str(addr).ok()?,
             in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            deployment_in_flight: dm.in_flight().clone(),
+            healthy_gauge,
         })
+    }
+
+    /// False while the instance is ejected.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Marks the instance healthy (taking traffic) or ejected, in its metric too.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.healthy_gauge.set(i64::from(healthy));
     }
 
     /// Requests this instance is serving now.
@@ -72,6 +100,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // Runs before the permit is released, so a permit holder always finds a free instance.
         self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.instance.deployment_in_flight.dec();
     }
 }
 
@@ -88,6 +117,8 @@ pub struct Deployment {
     /// With `max_concurrent_requests_per_instance` > 0: limit × instances permits, granted in
     /// arrival order.
     limiter: Option<Arc<Semaphore>>,
+    /// Metric handles, shared by every table in which the deployment lives.
+    pub metrics: Arc<DeploymentMetrics>,
 }
 
 impl Deployment {
@@ -118,8 +149,10 @@ impl Deployment {
             }
         };
         let i = self.pick_instance(&mut rand::rng());
+        let instance = self.instances[i].clone();
+        instance.deployment_in_flight.inc();
         Ok(Slot {
-            instance: self.instances[i].clone(),
+            instance,
             _permit: permit,
         })
     }
@@ -170,6 +203,8 @@ pub struct Table {
     pub total_weight: u32,
     pub max_request_body_bytes: u64,
     known_names: Box<str>,
+    /// Metric handles for requests refused before routing (`deployment="none"`).
+    pub unrouted: Arc<DeploymentMetrics>,
 }
 
 /// The outcome of choosing a deployment.
@@ -180,21 +215,42 @@ pub struct Choice {
 }
 
 impl Table {
-    /// Builds the table; instances of `previous` with the same deployment and address are kept.
-    pub fn compile(cfg: &EndpointConfig, generation: u64, previous: Option<&Table>) -> Table {
+    /// Builds the table. Instances and metric handles of `previous` with the same deployment
+    /// (and address) are kept; the series of deployments and instances that are gone are
+    /// dropped.
+    pub fn compile(
+        cfg: &EndpointConfig,
+        generation: u64,
+        previous: Option<&Table>,
+        metrics: &Metrics,
+    ) -> Table {
         let mut deployments = Vec::with_capacity(cfg.deployments.len());
         let mut cumulative = Vec::new();
         let mut total = 0u32;
         for (index, d) in cfg.deployments.iter().enumerate() {
             let old = previous.and_then(|t| t.deployment(&d.name));
+            let dm = old.map_or_else(
+                || Arc::new(metrics.deployment(&d.name)),
+                |o| o.metrics.clone(),
+            );
+            metrics.set_weight(&d.name, d.weight);
             let instances: Box<[Arc<Instance>]> = d
                 .instances
                 .iter()
                 .filter_map(|addr| {
                     old.and_then(|o| o.instances.iter().find(|i| &*i.addr == addr).cloned())
-                        .or_else(|| Instance::new(addr).map(Arc::new))
+                        .or_else(|| Instance::new(addr, &d.name, &dm, metrics).map(Arc::new))
                 })
                 .collect();
+            if let Some(o) = old {
+                for gone in o
+                    .instances
+                    .iter()
+                    .filter(|i| !d.instances.iter().any(|a| *a == *i.addr))
+                {
+                    metrics.remove_instance(&d.name, &gone.addr);
+                }
+            }
             let limit = d.request.max_concurrent_per_instance as usize;
             let limiter = (limit > 0).then(|| {
                 Arc::new(Semaphore::new(
@@ -215,7 +271,16 @@ impl Table {
                 instances,
                 settings: d.request.clone(),
                 limiter,
+                metrics: dm,
             });
+        }
+        for gone in previous
+            .iter()
+            .flat_map(|t| t.deployments.iter())
+            .filter(|o| !cfg.deployments.iter().any(|d| d.name == *o.name))
+        {
+            let addrs: Vec<&str> = gone.instances.iter().map(|i| &*i.addr).collect();
+            metrics.remove_deployment(&gone.metrics, &addrs);
         }
         let known_names = cfg
             .deployments
@@ -232,6 +297,7 @@ impl Table {
             total_weight: total,
             max_request_body_bytes: cfg.max_request_body_bytes,
             known_names,
+            unrouted: previous.map_or_else(|| Arc::new(metrics.unrouted()), |t| t.unrouted.clone()),
         }
     }
 
@@ -292,7 +358,7 @@ mod tests {
 
     fn table(yaml: &str) -> Table {
         let loaded = parse_str(yaml, Path::new("t.yaml")).expect("valid");
-        Table::compile(&loaded.config, 1, None)
+        Table::compile(&loaded.config, 1, None, &Metrics::new())
     }
 
     const TWO: &str = "traffic: {blue: 90, green: 10}\ndeployments:\n  blue: {instances: [127.0.0.1:9001, 127.0.0.1:9002]}\n  green: {instances: [127.0.0.1:9101]}\n";
@@ -364,7 +430,7 @@ mod tests {
         )
         .unwrap()
         .config;
-        let t2 = Table::compile(&loaded, 2, Some(&t1));
+        let t2 = Table::compile(&loaded, 2, Some(&t1), &Metrics::new());
         assert!(Arc::ptr_eq(
             &t1.deployments[0].instances[1],
             &t2.deployments[0].instances[1]
