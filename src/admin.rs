@@ -370,3 +370,43 @@ mod tests {
         assert_eq!(quantile_ms(0.5, &now, &now), None);
     }
 }
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+    use crate::config;
+
+    #[test]
+    fn readyz_names_the_deployment_without_a_healthy_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.yaml");
+        std::fs::write(
+            &path,
+            "traffic: {blue: 100, green: 0}\ndeployments:\n  blue: {instances: [127.0.0.1:9001, 127.0.0.1:9002]}\n  green: {instances: [127.0.0.1:9101]}\n",
+        )
+        .unwrap();
+        let loaded = config::load_file(&path).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let loader = Arc::new(Loader::new(&path, &loaded, metrics.clone()));
+        let admin = Admin::new(loader.clone(), metrics.clone());
+        assert_eq!(admin.readiness(), Ok(()));
+        let table = loader.table().load_full();
+        // A 0% deployment without healthy instances does not make the proxy unready.
+        table.deployments[1].instances[0].set_healthy(false);
+        assert_eq!(admin.readiness(), Ok(()));
+        table.deployments[0].instances[0].set_healthy(false);
+        assert_eq!(admin.readiness(), Ok(()));
+        table.deployments[0].instances[1].set_healthy(false);
+        assert_eq!(
+            admin.readiness(),
+            Err("no healthy instance in deployment(s) with traffic: blue".into())
+        );
+        assert!(metrics.render().contains(
+            "scoregate_instance_healthy{deployment=\"blue\",instance=\"127.0.0.1:9002\"} 0"
+        ));
+        assert_eq!(
+            admin.config_json()["deployments"]["blue"]["instances"][1]["healthy"],
+            false
+        );
+    }
+}

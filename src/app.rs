@@ -202,7 +202,7 @@ pub async fn demo(path: PathBuf) -> Result<(), AppError> {
          curl -X POST -H 'content-type: application/json' -d '{{\"data\": [[1,2,3,4,5,6,7,8,9,10]]}}' {url}/score\n  \
          load-test/load_test.sh 20 {url}/score\n\n\
          Edit {file} (or copy a config/step-*.yaml over it) and traffic follows within a second;\n\
-         metrics: curl http://{admin}/metrics\n\nCtrl-C stops the demo.",
+         status page: http://{admin}/   metrics: http://{admin}/metrics\n\nCtrl-C stops the demo.",
         loaded
             .config
             .deployments

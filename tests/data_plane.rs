@@ -47,14 +47,7 @@ async fn split(proxy: &Proc, n: usize, names: &[&str]) -> Vec<usize> {
 }
 
 async fn check_split(blue_w: u8, green_w: u8) {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let proxy = Proc::proxy(
-        &EndpointFile::new()
-            .deployment("blue", &[blue.addr], Some(blue_w))
-            .deployment("green", &[green.addr], Some(green_w))
-            .yaml(),
-    );
+    let (blue, green, proxy) = blue_green(blue_w, green_w).await;
     let counts = split(&proxy, 4000, &["blue", "green"]).await;
     let chi2 = chi_square(&counts, &[blue_w as f64, green_w as f64]);
     assert!(
@@ -76,14 +69,7 @@ async fn split_70_30_passes_chi_square() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_weight_gets_no_unpinned_request_and_pinning_reaches_it() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let proxy = Proc::proxy(
-        &EndpointFile::new()
-            .deployment("blue", &[blue.addr], Some(100))
-            .deployment("green", &[green.addr], Some(0))
-            .yaml(),
-    );
+    let (_blue, green, proxy) = blue_green(100, 0).await;
     let counts = split(&proxy, 2000, &["blue", "green"]).await;
     assert_eq!(counts, vec![2000, 0]);
     assert_eq!(green.count(), 0);
@@ -140,14 +126,7 @@ async fn custom_pin_header_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_pin_gets_400_listing_the_deployments() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let proxy = Proc::proxy(
-        &EndpointFile::new()
-            .deployment("blue", &[blue.addr], Some(50))
-            .deployment("green", &[green.addr], Some(50))
-            .yaml(),
-    );
+    let (blue, green, proxy) = blue_green(50, 50).await;
     let a = get(
         &client(),
         &proxy.url("/score"),
@@ -188,14 +167,7 @@ async fn all_zero_traffic_gets_503_but_pins_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_post_arrives_byte_identical_both_ways() {
-    let echo = Backend::with(
-        "blue",
-        Behavior {
-            echo: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let echo = Backend::echo("blue").await;
     let proxy = Proc::proxy(
         &EndpointFile::new()
             .deployment("blue", &[echo.addr], Some(100))
@@ -219,14 +191,7 @@ async fn one_mib_post_arrives_byte_identical_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_streams_through_chunked() {
-    let echo = Backend::with(
-        "blue",
-        Behavior {
-            echo: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let echo = Backend::echo("blue").await;
     let proxy = Proc::proxy(
         &EndpointFile::new()
             .deployment("blue", &[echo.addr], Some(100))
@@ -318,14 +283,7 @@ async fn x_forwarded_for_is_added_when_absent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_500_passes_through_unchanged() {
-    let bad = Backend::with(
-        "blue",
-        Behavior {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            ..Default::default()
-        },
-    )
-    .await;
+    let bad = Backend::answering("blue", StatusCode::INTERNAL_SERVER_ERROR).await;
     let proxy = Proc::proxy(
         &EndpointFile::new()
             .deployment("blue", &[bad.addr], Some(100))
@@ -354,14 +312,7 @@ async fn a_dead_instance_gives_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_gives_504_after_the_timeout() {
-    let slow = Backend::with(
-        "blue",
-        Behavior {
-            delay: Duration::from_secs(3),
-            ..Default::default()
-        },
-    )
-    .await;
+    let slow = Backend::delayed("blue", Duration::from_secs(3)).await;
     let proxy = Proc::proxy(
         &EndpointFile::new()
             .deployment("blue", &[slow.addr], Some(100))
@@ -455,14 +406,7 @@ async fn body_limit_for_chunked_bodies_while_streaming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_one_queues_then_429() {
-    let slow = Backend::with(
-        "blue",
-        Behavior {
-            delay: Duration::from_millis(400),
-            ..Default::default()
-        },
-    )
-    .await;
+    let slow = Backend::delayed("blue", Duration::from_millis(400)).await;
     let proxy = Proc::proxy(
         &EndpointFile::new()
             .deployment("blue", &[slow.addr], Some(100))
@@ -509,22 +453,8 @@ async fn concurrency_limit_one_queues_then_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_queue_serves_everyone_within_the_wait() {
-    let a1 = Backend::with(
-        "blue",
-        Behavior {
-            delay: Duration::from_millis(50),
-            ..Default::default()
-        },
-    )
-    .await;
-    let a2 = Backend::with(
-        "blue",
-        Behavior {
-            delay: Duration::from_millis(50),
-            ..Default::default()
-        },
-    )
-    .await;
+    let a1 = Backend::delayed("blue", Duration::from_millis(50)).await;
+    let a2 = Backend::delayed("blue", Duration::from_millis(50)).await;
     let proxy = Proc::proxy(
         &EndpointFile::new()
             .deployment("blue", &[a1.addr, a2.addr], Some(100))

@@ -144,6 +144,42 @@ impl Backend {
         }
     }
 
+    /// A backend that answers every request with `status`.
+    pub async fn answering(name: &str, status: StatusCode) -> Backend {
+        Self::with(
+            name,
+            Behavior {
+                status,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// A backend that waits `delay` before answering.
+    pub async fn delayed(name: &str, delay: Duration) -> Backend {
+        Self::with(
+            name,
+            Behavior {
+                delay,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// A backend that answers with the request body.
+    pub async fn echo(name: &str) -> Backend {
+        Self::with(
+            name,
+            Behavior {
+                echo: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
@@ -168,6 +204,19 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Blue and green backends behind the proxy at the given weights.
+pub async fn blue_green(blue_weight: u8, green_weight: u8) -> (Backend, Backend, Proc) {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proc::proxy(
+        &EndpointFile::new()
+            .deployment("blue", &[blue.addr], Some(blue_weight))
+            .deployment("green", &[green.addr], Some(green_weight))
+            .yaml(),
+    );
+    (blue, green, proxy)
 }
 
 /// A port on which nothing listens (bound, then closed).
