@@ -6,6 +6,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
@@ -125,30 +126,37 @@ impl Deployment {
     /// Claims an instance, waiting up to `max_queue_wait` when all are at their limit.
     pub async fn acquire(&self) -> Result<Slot, ProxyError> {
         let limit = self.settings.max_concurrent_per_instance;
+        let wait = self.settings.max_queue_wait;
+        let overloaded = || ProxyError::Overloaded {
+            limit,
+            wait_ms: wait.as_millis() as u64,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         let permit = match &self.limiter {
             None => None,
-            Some(sem) => {
-                let sem = sem.clone();
-                let permit = match sem.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) if self.settings.max_queue_wait.is_zero() => None,
-                    Err(_) => {
-                        tokio::time::timeout(self.settings.max_queue_wait, sem.acquire_owned())
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                    }
-                };
-                if permit.is_none() {
-                    return Err(ProxyError::Overloaded {
-                        limit,
-                        wait_ms: self.settings.max_queue_wait.as_millis() as u64,
-                    });
-                }
-                permit
-            }
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) if wait.is_zero() => return Err(overloaded()),
+                Err(_) => Some(
+                    tokio::time::timeout_at(deadline, sem.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .ok_or_else(overloaded)?,
+                ),
+            },
         };
-        let i = self.pick_instance(&mut rand::rng());
+        let i = loop {
+            if let Some(i) = self.pick_instance(&mut rand::rng()) {
+                break i;
+            }
+            // Only right after a reload that changed the limit or the instances: requests
+            // admitted by the previous table still hold the instances' slots.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(overloaded());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
         let instance = self.instances[i].clone();
         instance.deployment_in_flight.inc();
         Ok(Slot {
@@ -157,9 +165,9 @@ impl Deployment {
         })
     }
 
-    /// Chooses an instance and takes a slot on it: the less loaded of two random ones, or with a
-    /// limit, the first with room (a permit guarantees one has room).
-    pub fn pick_instance<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
+    /// Chooses an instance and takes a slot on it: the less loaded of two random ones; with a
+    /// limit, another one with room if that one is full, or `None` when none has room.
+    pub fn pick_instance<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
         let limit = self.settings.max_concurrent_per_instance;
         let n = self.instances.len();
         let first = if n == 1 {
@@ -173,19 +181,9 @@ impl Deployment {
                 a
             }
         };
-        if self.instances[first].try_take(limit) {
-            return first;
-        }
-        // Only with a limit: another request took the last slot there; scan for room.
-        loop {
-            for k in 1..=n {
-                let i = (first + k) % n;
-                if self.instances[i].try_take(limit) {
-                    return i;
-                }
-            }
-            std::hint::spin_loop();
-        }
+        (0..n)
+            .map(|k| (first + k) % n)
+            .find(|&i| self.instances[i].try_take(limit))
     }
 }
 
@@ -252,12 +250,21 @@ impl Table {
                 }
             }
             let limit = d.request.max_concurrent_per_instance as usize;
-            let limiter = (limit > 0).then(|| {
-                Arc::new(Semaphore::new(
-                    limit
-                        .saturating_mul(instances.len())
-                        .min(Semaphore::MAX_PERMITS),
-                ))
+            // The admission queue survives a reload that keeps the limit and the instance
+            // count, so that slots are neither leaked nor doubled.
+            let keep = old.and_then(|o| {
+                (o.settings.max_concurrent_per_instance == d.request.max_concurrent_per_instance
+                    && o.instances.len() == instances.len())
+                .then(|| o.limiter.clone())
+            });
+            let limiter = keep.unwrap_or_else(|| {
+                (limit > 0).then(|| {
+                    Arc::new(Semaphore::new(
+                        limit
+                            .saturating_mul(instances.len())
+                            .min(Semaphore::MAX_PERMITS),
+                    ))
+                })
             });
             if d.weight > 0 {
                 total += u32::from(d.weight);
@@ -416,7 +423,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..100 {
             let i = d.pick_instance(&mut rng);
-            assert_eq!(i, 1);
+            assert_eq!(i, Some(1));
             d.instances[1].in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -451,5 +458,38 @@ mod tests {
         drop(held);
         let again = d.acquire().await.unwrap();
         assert_eq!(again.instance.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_survive_a_reload_without_doubling_slots() {
+        let file = |w: u8, limit: u32| {
+            format!(
+                "traffic: {{blue: {w}, green: {}}}\ndeployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request: {{max_concurrent_requests_per_instance: {limit}, max_queue_wait_ms: 100}}\n  green: {{instances: [127.0.0.1:9002]}}\n",
+                100 - w
+            )
+        };
+        let metrics = Metrics::new();
+        let compile = |src: String, prev: Option<&Table>| {
+            let cfg = parse_str(&src, Path::new("t")).unwrap().config;
+            Table::compile(&cfg, 1, prev, &metrics)
+        };
+        let t1 = compile(file(100, 1), None);
+        let held = t1.deployments[0].acquire().await.unwrap();
+        // A weight change keeps the queue: the slot held under t1 still counts.
+        let t2 = compile(file(50, 1), Some(&t1));
+        assert!(matches!(t2.deployments[0].acquire().await, Err(ProxyError::Overloaded { .. })));
+        // A limit change builds a new queue; the instance's own count still refuses a second
+        // request (after the queue wait, without spinning).
+        let t3 = compile(file(50, 2), Some(&t2));
+        let second = t3.deployments[0].acquire().await.unwrap();
+        assert!(matches!(t3.deployments[0].acquire().await, Err(ProxyError::Overloaded { .. })));
+        assert_eq!(second.instance.in_flight(), 2);
+        drop(held);
+        drop(second);
+        assert_eq!(t3.deployments[0].instances[0].in_flight(), 0);
+        let a = t3.deployments[0].acquire().await.unwrap();
+        let b = t3.deployments[0].acquire().await.unwrap();
+        assert_eq!(b.instance.in_flight(), 2);
+        drop((a, b));
     }
 }
