@@ -27,7 +27,7 @@ fn routing(c: &mut Criterion) {
                 let t = table.load();
                 let choice = t.choose(None, &mut rng).unwrap();
                 let d = &t.deployments[choice.index];
-                let i = d.pick_instance(&mut rng).expect("no limit");
+                let i = d.pick_instance(&mut rng, None).expect("no limit");
                 d.instances[i].release_for_bench();
                 black_box(i)
             })
@@ -39,7 +39,7 @@ fn routing(c: &mut Criterion) {
             let t = table.load();
             let choice = t.choose(Some(black_box(&pin)), &mut rng).unwrap();
             let d = &t.deployments[choice.index];
-            let i = d.pick_instance(&mut rng).expect("no limit");
+            let i = d.pick_instance(&mut rng, None).expect("no limit");
             d.instances[i].release_for_bench();
             black_box(i)
         })
@@ -52,7 +52,7 @@ fn routing(c: &mut Criterion) {
                 let t = table.load();
                 let choice = t.choose(None, &mut thread_rng).unwrap();
                 let d = &t.deployments[choice.index];
-                let i = d.pick_instance(&mut thread_rng).expect("no limit");
+                let i = d.pick_instance(&mut thread_rng, None).expect("no limit");
                 d.instances[i].release_for_bench();
                 black_box(i)
             })

@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin};
 use crate::config::{self, ConfigError, EndpointConfig, Loaded};
+use crate::health;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Proxy};
+use crate::proxy::{self, ClientLimits, Proxy};
 use crate::reload::{self, Loader, traffic_map};
 use crate::scoring::{Model, ScoreServer};
 
@@ -97,11 +98,21 @@ pub struct Running {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub loader: Arc<Loader>,
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting at once and waits for the requests in flight (up to the drain time).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.serving.await;
+    }
 }
 
 /// Loads `path`, binds the admin listener and the data plane, and starts serving and watching
 /// the file in the background.
-pub async fn start(path: &Path) -> Result<Running, AppError> {
+pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
     let loaded = config::load_file(path)?;
     eprint!("{}", format_warnings(path, &loaded));
     let cfg = &loaded.config;
@@ -124,20 +135,28 @@ pub async fn start(path: &Path) -> Result<Running, AppError> {
     ));
     tracing::info!(addr = %admin_listen, "admin listening");
     let proxy = Arc::new(Proxy::new(loader.table()));
-    tokio::spawn(proxy::serve(listener, proxy));
+    let limits = ClientLimits {
+        header_timeout: cfg.client_header_timeout,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(proxy::serve(listener, proxy, limits, stopped, drain));
     tokio::spawn(reload::watch(loader.clone()));
+    tokio::spawn(health::run(loader.clone()));
     tracing::info!(addr = %listen, "data plane listening");
     Ok(Running {
         listen,
         admin_listen,
         loader,
+        stop,
+        serving,
     })
 }
 
 /// `scoregate run`: serves until Ctrl-C or SIGTERM.
-pub async fn run(path: &Path) -> Result<(), AppError> {
-    start(path).await?;
+pub async fn run(path: &Path, drain: Duration) -> Result<(), AppError> {
+    let running = start(path, drain).await?;
     wait_for_shutdown().await;
+    running.shutdown().await;
     Ok(())
 }
 
@@ -158,7 +177,7 @@ pub async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), A
 
 /// `scoregate demo`: scoring servers for every instance of the file (`blue` runs model v1,
 /// `green` v2, other deployments alternate by position), then the proxy.
-pub async fn demo(path: PathBuf) -> Result<(), AppError> {
+pub async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
     let loaded = config::load_file(&path)?;
     for (i, d) in loaded.config.deployments.iter().enumerate() {
         let model = match d.name.as_str() {
@@ -185,7 +204,7 @@ pub async fn demo(path: PathBuf) -> Result<(), AppError> {
             tokio::spawn(server.serve(listener));
         }
     }
-    let running = start(&path).await?;
+    let running = start(&path, drain).await?;
     let url = format!("http://{}", running.listen);
     let pin = loaded.config.pin_header.as_str();
     let names: Vec<&str> = loaded
@@ -214,6 +233,7 @@ pub async fn demo(path: PathBuf) -> Result<(), AppError> {
         admin = running.admin_listen,
     );
     wait_for_shutdown().await;
+    running.shutdown().await;
     Ok(())
 }
 

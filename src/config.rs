@@ -23,6 +23,8 @@ pub const DEFAULT_PIN_HEADER: &str = "x-api-version";
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 /// Default wait for a free instance (ms).
 pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
+/// Default time a client has to send its request headers (ms).
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 10_000;
 /// Default request body limit: 16 MiB (exactly 16 MiB is allowed).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -58,6 +60,7 @@ const TOP_KEYS: &[&str] = &[
     "auth_mode",
     "keys_file",
     "max_request_body_bytes",
+    "client_header_timeout_ms",
     "deployments",
 ];
 const DEPLOYMENT_KEYS: &[&str] = &["instances", "request", "request_settings"];
@@ -147,6 +150,8 @@ pub struct EndpointConfig {
     pub deployments: Vec<DeploymentConfig>,
     /// Largest request body accepted. Default 16 MiB.
     pub max_request_body_bytes: u64,
+    /// Time a client has to send its request headers. Default 10 s. Read at start.
+    pub client_header_timeout: Duration,
 }
 
 impl EndpointConfig {
@@ -251,6 +256,7 @@ struct RawFile {
     auth_mode: Option<String>,
     keys_file: Option<String>,
     max_request_body_bytes: Option<u64>,
+    client_header_timeout_ms: Option<u64>,
     deployments: Option<Vec<(String, RawDeployment)>>,
     ignored: Vec<&'static str>,
 }
@@ -354,6 +360,9 @@ impl<'de> Deserialize<'de> for RawFile {
                         "keys_file" => raw.keys_file = Some(map.next_value()?),
                         "max_request_body_bytes" => {
                             raw.max_request_body_bytes = Some(map.next_value()?)
+                        }
+                        "client_header_timeout_ms" => {
+                            raw.client_header_timeout_ms = Some(map.next_value()?)
                         }
                         "deployments" => raw.deployments = Some(map.next_value::<Deployments>()?.0),
                         other => {
@@ -732,6 +741,18 @@ impl Validator<'_> {
             None => DEFAULT_MAX_REQUEST_BODY_BYTES,
         };
 
+        let client_header_timeout = match raw.client_header_timeout_ms {
+            Some(0) => {
+                self.error(
+                    &[K("client_header_timeout_ms")],
+                    "client_header_timeout_ms must be at least 1",
+                );
+                Duration::ZERO
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_millis(DEFAULT_CLIENT_HEADER_TIMEOUT_MS),
+        };
+
         // Deployments.
         let mut deployments = Vec::new();
         match &raw.deployments {
@@ -884,6 +905,7 @@ impl Validator<'_> {
             pin_header: pin_header?,
             deployments: ordered,
             max_request_body_bytes,
+            client_header_timeout,
         })
     }
 

@@ -26,6 +26,14 @@ pub enum ProxyError {
     Overloaded { limit: u32, wait_ms: u64 },
     #[error("could not connect to an instance of the deployment")]
     Connect,
+    #[error(
+        "every instance of the deployment is ejected after failing; they are retried in the background"
+    )]
+    NoHealthyInstance,
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+    #[error("ambiguous request framing: Content-Length with Transfer-Encoding")]
+    AmbiguousFraming,
     #[error("the instance broke the exchange before answering")]
     Protocol,
     #[error("the instance did not answer within {timeout_ms} ms")]
@@ -36,7 +44,10 @@ impl ProxyError {
     /// The status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UnknownPin { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownPin { .. }
+            | ProxyError::ClientBody(_)
+            | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::NoHealthyInstance => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoTraffic { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,

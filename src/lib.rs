@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

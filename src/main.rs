@@ -34,12 +34,18 @@ enum Command {
         /// The endpoint file.
         #[arg(long, default_value = "config/endpoint.yaml")]
         config: PathBuf,
+        /// Seconds requests in flight get to finish after SIGTERM or Ctrl-C.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
     },
     /// Start built-in scoring servers for every instance of the demo file, and the proxy.
     Demo {
         /// The demo's endpoint file.
         #[arg(long, default_value = "config/demo.yaml")]
         config: PathBuf,
+        /// Seconds requests in flight get to finish after Ctrl-C.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
     },
     /// Validate an endpoint file and print its traffic table.
     Check {
@@ -111,8 +117,14 @@ fn main() -> ExitCode {
     };
     let result: Result<(), AppError> = runtime.block_on(async move {
         match cli.command {
-            Command::Run { config } => app::run(&config).await,
-            Command::Demo { config } => app::demo(config).await,
+            Command::Run {
+                config,
+                drain_timeout,
+            } => app::run(&config, Duration::from_secs(drain_timeout)).await,
+            Command::Demo {
+                config,
+                drain_timeout,
+            } => app::demo(config, Duration::from_secs(drain_timeout)).await,
             Command::ScoreServer {
                 name,
                 listen,

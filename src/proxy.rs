@@ -5,11 +5,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::{Scheme, Uri};
+use http::uri::Uri;
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,23 +20,19 @@ use tokio::net::TcpListener;
 
 use crate::error::{ProxyError, error_response};
 use crate::routing::Table;
-use crate::upstream::{self, RequestBody, ResponseBody, UpstreamClient};
+use crate::upstream::{self, Failure, RequestBody, ResponseBody};
 
 static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Shared state of the data plane: the live table (written only by the loader) and the client.
+/// Shared state of the data plane: the live table, written only by the loader.
 pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
-    client: UpstreamClient,
 }
 
 impl Proxy {
     pub fn new(table: Arc<ArcSwap<Table>>) -> Self {
-        Proxy {
-            table,
-            client: upstream::client(),
-        }
+        Proxy { table }
     }
 
     /// Serves one request. Never fails: every error becomes a JSON answer.
@@ -77,6 +73,9 @@ impl Proxy {
         remote: SocketAddr,
     ) -> Result<(Response<ResponseBody>, usize), (ProxyError, Option<usize>)> {
         let limit = table.max_request_body_bytes;
+        if ambiguous_framing(req.headers()) {
+            return Err((ProxyError::AmbiguousFraming, None));
+        }
         if let Some(len) = content_length(req.headers())
             && len > limit
         {
@@ -88,53 +87,99 @@ impl Proxy {
             .map_err(|e| (e, None))?;
         let dep = &table.deployments[choice.index];
         let at = |e| (e, Some(choice.index));
-        let slot = dep.acquire().await.map_err(at)?;
+        let mut slot = dep.acquire().await.map_err(at)?;
 
         let (mut parts, body) = req.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::EXPECT);
         append_forwarded_for(&mut parts.headers, remote);
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(slot.instance.authority.clone());
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        parts.uri = Uri::from_parts(uri).map_err(|_| at(ProxyError::Protocol))?;
-        let upstream_req = Request::from_parts(parts, RequestBody::new(body, limit));
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(slot.instance.authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        // HTTP/1 origin form towards the instance.
+        let path = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        parts.version = http::Version::HTTP_11;
+        let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, limit));
 
         let timeout = dep.settings.request_timeout;
-        let resp = match tokio::time::timeout(timeout, self.client.request(upstream_req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                let err = upstream::classify(&e);
-                if !matches!(err, ProxyError::BodyTooLarge { .. }) {
-                    tracing::warn!(
-                        deployment = %dep.name,
-                        instance = %slot.instance.addr,
-                        error = %upstream::describe(&e),
-                        "upstream exchange failed"
-                    );
+        let timeout_ms = timeout.as_millis() as u64;
+        // The instance being tried, for charging a timeout to the right one.
+        let mut current = slot.instance.clone();
+        let exchange = async {
+            let mut retried = false;
+            loop {
+                let instance = slot.instance.clone();
+                current = instance.clone();
+                match upstream::send(&instance.pool, instance.authority.as_str(), upstream_req)
+                    .await
+                {
+                    Ok((resp, conn)) => return Ok((resp, conn, slot)),
+                    Err(Failure::Connect(e, req)) => {
+                        instance.record_failure();
+                        tracing::warn!(
+                            deployment = %dep.name,
+                            instance = %instance.addr,
+                            error = %e,
+                            "cannot connect to instance"
+                        );
+                        if retried {
+                            return Err(ProxyError::Connect);
+                        }
+                        retried = true;
+                        // Nothing was sent: try once more on another instance of the deployment.
+                        match dep.reassign(slot) {
+                            Ok(s) => slot = s,
+                            Err(_) => return Err(ProxyError::Connect),
+                        }
+                        upstream_req = *req;
+                    }
+                    Err(Failure::Broken(e)) => {
+                        let err = upstream::classify(&e);
+                        if matches!(err, ProxyError::Protocol) {
+                            instance.record_failure();
+                            tracing::warn!(
+                                deployment = %dep.name,
+                                instance = %instance.addr,
+                                error = %upstream::describe(&e),
+                                "upstream exchange failed"
+                            );
+                        }
+                        return Err(err);
+                    }
+                    Err(Failure::Client(e)) => {
+                        return Err(match e.downcast_ref::<upstream::BodyTooLarge>() {
+                            Some(t) => ProxyError::BodyTooLarge { limit: t.limit },
+                            None => ProxyError::ClientBody(upstream::describe(&*e)),
+                        });
+                    }
                 }
-                return Err(at(err));
-            }
-            Err(_) => {
-                tracing::warn!(
-                    deployment = %dep.name,
-                    instance = %slot.instance.addr,
-                    timeout_ms = timeout.as_millis() as u64,
-                    "instance did not answer in time"
-                );
-                return Err(at(ProxyError::Timeout {
-                    timeout_ms: timeout.as_millis() as u64,
-                }));
             }
         };
+        let (resp, conn, slot) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(at(e)),
+            Err(_) => {
+                current.record_failure();
+                tracing::warn!(
+                    deployment = %dep.name,
+                    instance = %current.addr,
+                    timeout_ms,
+                    "instance did not answer in time"
+                );
+                return Err(at(ProxyError::Timeout { timeout_ms }));
+            }
+        };
+        slot.instance.record_success();
         let (mut parts, body) = resp.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
         parts
             .headers
             .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
         Ok((
-            Response::from_parts(parts, ResponseBody::upstream(body, slot)),
+            Response::from_parts(parts, ResponseBody::upstream(body, slot, conn, timeout)),
             choice.index,
         ))
     }
@@ -157,6 +202,16 @@ fn drain_in_background(mut body: Incoming) {
         })
         .await;
     });
+}
+
+/// Content-Length together with Transfer-Encoding, or Content-Length values that differ: a
+/// request the instance might frame differently than scoregate did (request smuggling).
+fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return false;
+    };
+    headers.contains_key(header::TRANSFER_ENCODING) || lengths.any(|l| l != first)
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -190,20 +245,47 @@ fn append_forwarded_for(headers: &mut http::HeaderMap, remote: SocketAddr) {
     }
 }
 
-/// Accepts connections on `listener` until the process ends. Connection tasks log and never
+/// Limits on what a client may send before its request is read.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Time a client has to send its request headers (slowloris). Default 10 s.
+    pub header_timeout: Duration,
+}
+
+/// Most headers a request may carry.
+pub const MAX_HEADERS: usize = 100;
+/// Largest request head (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Accepts connections on `listener` until `shutdown` turns true, then stops accepting at once
+/// and lets the requests in flight finish for up to `drain`. Connection tasks log and never
 /// panic.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ClientLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
@@ -214,10 +296,20 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
             }),
         );
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(connections = open, drain = ?drain, "stopped accepting; draining requests in flight");
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all requests finished"),
+        Err(_) => {
+            tracing::warn!(drain = ?drain, "drain deadline passed; closing the remaining connections")
+        }
     }
 }

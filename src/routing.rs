@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -15,7 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{EndpointConfig, RequestSettings};
 use crate::error::ProxyError;
+use crate::health::{Change, Health};
 use crate::metrics::{DeploymentMetrics, Metrics};
+use crate::upstream::Pool;
 use prometheus::IntGauge;
 
 /// One scoring instance. Shared between tables across reloads when its deployment and address
@@ -27,7 +29,10 @@ pub struct Instance {
     /// `host:port` for the upstream URI.
     pub authority: Authority,
     in_flight: AtomicU32,
-    healthy: AtomicBool,
+    /// Failure count and ejection state.
+    pub health: Health,
+    /// Idle keep-alive connections to the instance.
+    pub pool: Pool,
     /// `scoregate_upstream_in_flight` of the instance's deployment.
     deployment_in_flight: IntGauge,
     /// `scoregate_instance_healthy` of this instance.
@@ -47,7 +52,8 @@ impl Instance {
             addr: addr.into(),
             authority: Authority::from_str(addr).ok()?,
             in_flight: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
+            health: Health::default(),
+            pool: Pool::default(),
             deployment_in_flight: dm.in_flight().clone(),
             healthy_gauge,
         })
@@ -55,13 +61,45 @@ impl Instance {
 
     /// False while the instance is ejected.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_up()
     }
 
-    /// Marks the instance healthy (taking traffic) or ejected, in its metric too.
+    /// Ejects the instance now (for the current ejection time), or takes it back.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
-        self.healthy_gauge.set(i64::from(healthy));
+        if healthy {
+            self.reinstate();
+        } else if self.health.is_up() {
+            self.health.eject();
+            self.ejected();
+        }
+    }
+
+    /// An exchange with the instance got an answer.
+    pub fn record_success(&self) {
+        self.health.success();
+    }
+
+    /// An exchange with the instance failed (refused, broken, timed out).
+    pub fn record_failure(&self) {
+        if let Change::Ejected(time) = self.health.failure() {
+            tracing::warn!(
+                instance = %self.addr,
+                ejected_for = ?time,
+                "instance ejected after failures in a row; probing it in the background"
+            );
+            self.ejected();
+        }
+    }
+
+    fn ejected(&self) {
+        self.healthy_gauge.set(0);
+        self.pool.clear();
+    }
+
+    /// Back in rotation after a successful probe.
+    pub fn reinstate(&self) {
+        self.health.reinstate();
+        self.healthy_gauge.set(1);
     }
 
     /// Requests this instance is serving now.
@@ -123,7 +161,8 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Claims an instance, waiting up to `max_queue_wait` when all are at their limit.
+    /// Claims an instance, waiting up to `max_queue_wait` when all are at their limit. When
+    /// every instance is ejected the answer is immediate.
     pub async fn acquire(&self) -> Result<Slot, ProxyError> {
         let limit = self.settings.max_concurrent_per_instance;
         let wait = self.settings.max_queue_wait;
@@ -131,6 +170,10 @@ impl Deployment {
             limit,
             wait_ms: wait.as_millis() as u64,
         };
+        let none_healthy = || ProxyError::NoHealthyInstance;
+        if !self.instances.iter().any(|i| i.is_healthy()) {
+            return Err(none_healthy());
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let permit = match &self.limiter {
             None => None,
@@ -147,8 +190,11 @@ impl Deployment {
             },
         };
         let i = loop {
-            if let Some(i) = self.pick_instance(&mut rand::rng()) {
+            if let Some(i) = self.pick_instance(&mut rand::rng(), None) {
                 break i;
+            }
+            if !self.instances.iter().any(|i| i.is_healthy()) {
+                return Err(none_healthy());
             }
             // Only right after a reload that changed the limit or the instances: requests
             // admitted by the previous table still hold the instances' slots.
@@ -165,25 +211,56 @@ impl Deployment {
         })
     }
 
-    /// Chooses an instance and takes a slot on it: the less loaded of two random ones; with a
-    /// limit, another one with room if that one is full, or `None` when none has room.
-    pub fn pick_instance<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
+    /// Moves `slot` to another healthy instance with room (for a retry after a refused
+    /// connection), keeping its queue permit; gives it back unchanged when there is none.
+    pub fn reassign(&self, slot: Slot) -> Result<Slot, Slot> {
+        let Some(failed) = self
+            .instances
+            .iter()
+            .position(|i| Arc::ptr_eq(i, &slot.instance))
+        else {
+            return Err(slot);
+        };
+        match self.pick_instance(&mut rand::rng(), Some(failed)) {
+            Some(i) => {
+                let instance = self.instances[i].clone();
+                instance.deployment_in_flight.inc();
+                let mut slot = slot;
+                // The old claim is released by dropping the replaced instance handle's slot.
+                let old = std::mem::replace(&mut slot.instance, instance);
+                old.in_flight.fetch_sub(1, Ordering::Relaxed);
+                old.deployment_in_flight.dec();
+                Ok(slot)
+            }
+            None => Err(slot),
+        }
+    }
+
+    /// Chooses a healthy instance (other than `exclude`) and takes a slot on it: the less
+    /// loaded of two random ones; with a limit, another one with room if that one is full.
+    /// `None` when no healthy instance has room.
+    pub fn pick_instance<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
         let limit = self.settings.max_concurrent_per_instance;
         let n = self.instances.len();
+        let usable = |i: usize| Some(i) != exclude && self.instances[i].is_healthy();
         let first = if n == 1 {
             0
         } else {
             let a = rng.random_range(0..n);
             let b = (a + 1 + rng.random_range(0..n - 1)) % n;
-            if self.instances[b].in_flight() < self.instances[a].in_flight() {
-                b
-            } else {
-                a
+            match (usable(a), usable(b)) {
+                (true, true) if self.instances[b].in_flight() < self.instances[a].in_flight() => b,
+                (false, true) => b,
+                _ => a,
             }
         };
         (0..n)
             .map(|k| (first + k) % n)
-            .find(|&i| self.instances[i].try_take(limit))
+            .find(|&i| usable(i) && self.instances[i].try_take(limit))
     }
 }
 
@@ -422,7 +499,7 @@ mod tests {
         d.instances[0].in_flight.store(5, Ordering::Relaxed);
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..100 {
-            let i = d.pick_instance(&mut rng);
+            let i = d.pick_instance(&mut rng, None);
             assert_eq!(i, Some(1));
             d.instances[1].in_flight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -477,12 +554,18 @@ mod tests {
         let held = t1.deployments[0].acquire().await.unwrap();
         // A weight change keeps the queue: the slot held under t1 still counts.
         let t2 = compile(file(50, 1), Some(&t1));
-        assert!(matches!(t2.deployments[0].acquire().await, Err(ProxyError::Overloaded { .. })));
+        assert!(matches!(
+            t2.deployments[0].acquire().await,
+            Err(ProxyError::Overloaded { .. })
+        ));
         // A limit change builds a new queue; the instance's own count still refuses a second
         // request (after the queue wait, without spinning).
         let t3 = compile(file(50, 2), Some(&t2));
         let second = t3.deployments[0].acquire().await.unwrap();
-        assert!(matches!(t3.deployments[0].acquire().await, Err(ProxyError::Overloaded { .. })));
+        assert!(matches!(
+            t3.deployments[0].acquire().await,
+            Err(ProxyError::Overloaded { .. })
+        ));
         assert_eq!(second.instance.in_flight(), 2);
         drop(held);
         drop(second);

@@ -1,41 +1,284 @@
-//! The upstream side of the data path: the one pooled HTTP/1 client, the request body that
-//! enforces the size limit while it streams, the response body that holds the instance's slot
-//! until it has streamed, hop-by-hop header stripping and the classification of failures.
+//! The upstream side of the data path: a lock-free pool of HTTP/1 connections per instance, the
+//! exchange with an instance (retrying, on a fresh connection, what a closed pooled connection
+//! could not take), the request body that enforces the size limit while it streams, the response
+//! body that holds the instance's slot until it has streamed and cuts off a stalled answer,
+//! hop-by-hop header stripping and the classification of failures.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
 use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
 use crate::routing::Slot;
 
-/// The pooled client to every instance.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
-
 /// How long an idle pooled connection is kept. Shorter than the keep-alive timeouts of common
 /// scoring servers (5 s for uvicorn and Node), so the pool rarely offers a connection the
-/// instance is about to close.
+/// instance is about to close; the rest is caught by [`send`]'s retry.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections kept per instance.
+pub const POOL_MAX_IDLE: usize = 512;
+/// A pooled connection idle for this long may have been closed by the instance while we were
+/// sending: such a request is prepared so that it can be sent again.
+pub const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
+/// Largest request body kept for such a resend.
+pub const REPLAY_MAX_BODY: u64 = 64 * 1024;
 
-/// Builds the client: keep-alive pool, no Nagle delay.
-pub fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .set_host(true)
-        .build(connector)
+/// An idle connection to an instance.
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// One instance's idle connections: a bounded lock-free queue.
+pub struct Pool {
+    idle: ArrayQueue<Idle>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle: ArrayQueue::new(POOL_MAX_IDLE),
+        }
+    }
+}
+
+/// A connection checked out of the pool or newly made.
+pub struct Conn {
+    sender: SendRequest<RequestBody>,
+    /// How long it sat idle in the pool (None: new).
+    pub idle_for: Option<Duration>,
+}
+
+impl Pool {
+    /// A live idle connection, if any; stale and closed ones are dropped on the way.
+    pub fn checkout(&self) -> Option<Conn> {
+        while let Some(idle) = self.idle.pop() {
+            let idle_for = idle.since.elapsed();
+            if idle_for < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() {
+                return Some(Conn {
+                    sender: idle.sender,
+                    idle_for: Some(idle_for),
+                });
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange completed.
+    pub fn checkin(&self, conn: Conn) {
+        if !conn.sender.is_closed() {
+            // A full pool drops the connection.
+            let _ = self.idle.push(Idle {
+                sender: conn.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`] (run periodically).
+    pub fn sweep(&self) {
+        for _ in 0..self.idle.len() {
+            match self.idle.pop() {
+                Some(idle)
+                    if idle.since.elapsed() < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() =>
+                {
+                    let _ = self.idle.push(idle);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+
+    /// Closes every idle connection (an ejected instance).
+    pub fn clear(&self) {
+        while self.idle.pop().is_some() {}
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Opens a connection to `authority` (`host:port`; a DNS name is resolved by the system).
+pub async fn connect(authority: &str) -> std::io::Result<Conn> {
+    let stream = match authority.parse::<std::net::SocketAddr>() {
+        Ok(addr) => TcpStream::connect(addr).await?,
+        Err(_) => TcpStream::connect(authority).await?,
+    };
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Conn {
+        sender,
+        idle_for: None,
+    })
+}
+
+/// How an exchange with an instance failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection could be made: nothing was sent; the request comes back for a retry.
+    Connect(std::io::Error, Box<Request<RequestBody>>),
+    /// The exchange broke after the request was (partly) sent.
+    Broken(hyper::Error),
+    /// The client's body could not be read (or passed the limit) before sending.
+    Client(Box<dyn StdError + Send + Sync>),
+}
+
+/// A request that can be sent again: the head and a fully read body.
+struct Replay {
+    parts: http::request::Parts,
+    body: Bytes,
+    limit: u64,
+}
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::buffered(self.body.clone(), self.limit));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        req
+    }
+}
+
+/// Reads a small body fully so that the request can be sent again.
+async fn prepare_replay(req: Request<RequestBody>) -> Result<Replay, Failure> {
+    let (parts, body) = req.into_parts();
+    let limit = body.limit;
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(Failure::Client)?
+        .to_bytes();
+    Ok(Replay { parts, body, limit })
+}
+
+/// Sends `req` to the instance behind `pool` and `authority`, on an idle pooled connection when
+/// there is one. A request that a closed pooled connection could not take is sent on another;
+/// a request on a connection that sat idle for a while is kept (small bodies) and sent again on
+/// a new connection if that one closes without answering.
+pub async fn send(
+    pool: &Pool,
+    authority: &str,
+    mut req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Conn), Failure> {
+    while let Some(mut conn) = pool.checkout() {
+        let small = req
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= REPLAY_MAX_BODY);
+        if small && conn.idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE) {
+            let replay = prepare_replay(req).await?;
+            return send_replayable(authority, conn, replay).await;
+        }
+        if conn.sender.ready().await.is_err() {
+            continue;
+        }
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, conn)),
+            Err(mut e) => match e.take_message() {
+                // Never written: the connection was closed. Try the next one.
+                Some(r) => req = r,
+                None => return Err(Failure::Broken(e.into_error())),
+            },
+        }
+    }
+    match connect(authority).await {
+        Ok(conn) => send_on_new(conn, req).await,
+        Err(e) => Err(Failure::Connect(e, Box::new(req))),
+    }
+}
+
+async fn send_on_new(
+    mut conn: Conn,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Conn), Failure> {
+    if conn.sender.ready().await.is_err() {
+        let e = std::io::Error::other("the new connection closed before use");
+        return Err(Failure::Connect(e, Box::new(req)));
+    }
+    match conn.sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, conn)),
+        Err(mut e) => match e.take_message() {
+            Some(r) => Err(Failure::Connect(
+                std::io::Error::other(e.into_error()),
+                Box::new(r),
+            )),
+            None => Err(Failure::Broken(e.into_error())),
+        },
+    }
+}
+
+async fn send_replayable(
+    authority: &str,
+    mut conn: Conn,
+    replay: Replay,
+) -> Result<(Response<Incoming>, Conn), Failure> {
+    if conn.sender.ready().await.is_ok() {
+        match conn.sender.try_send_request(replay.request()).await {
+            Ok(resp) => return Ok((resp, conn)),
+            Err(e) if e.message().is_none() && !closed_before_answer(e.error()) => {
+                return Err(Failure::Broken(e.into_error()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.error(), "pooled connection closed under the request; sending it again");
+            }
+        }
+    }
+    match connect(authority).await {
+        Ok(conn) => send_on_new(conn, replay.request()).await,
+        Err(e) => Err(Failure::Connect(e, Box::new(replay.request()))),
+    }
+}
+
+/// The connection ended with no answer at all (closed or reset under the request).
+fn closed_before_answer(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        return true;
+    }
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Raised by [`RequestBody`] when a streamed body passes the limit.
@@ -48,15 +291,29 @@ pub struct BodyTooLarge {
 /// The client's request body on its way to the instance, cut off past `limit` bytes.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Inner,
     remaining: u64,
     limit: u64,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Streaming(Incoming),
+    Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
         RequestBody {
-            inner,
+            inner: Inner::Streaming(inner),
+            remaining: limit,
+            limit,
+        }
+    }
+
+    fn buffered(bytes: Bytes, limit: u64) -> Self {
+        RequestBody {
+            inner: Inner::Buffered((!bytes.is_empty()).then_some(bytes)),
             remaining: limit,
             limit,
         }
@@ -72,7 +329,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            Inner::Streaming(inner) => Pin::new(inner).poll_frame(cx),
+            Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -92,65 +353,142 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Streaming(i) => i.is_end_stream(),
+            Inner::Buffered(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Streaming(i) => i.size_hint(),
+            Inner::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 
-/// The body sent to the client: an instance's streamed answer (holding its slot until the last
-/// byte), or a small body scoregate wrote itself.
-#[derive(Debug)]
+/// Why a response body was cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("the instance sent nothing for {0:?} while streaming its answer")]
+pub struct BodyStalled(pub Duration);
+
+/// An instance's answer on its way to the client. Holds the instance's slot and connection
+/// until the last byte; a body that stalls for `idle` is cut off.
+pub struct UpstreamBody {
+    body: Incoming,
+    slot: Option<Slot>,
+    conn: Option<Conn>,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The body sent to the client: an instance's streamed answer, or a small body scoregate wrote.
 pub enum ResponseBody {
-    Upstream { body: Incoming, slot: Option<Slot> },
+    Upstream(Box<UpstreamBody>),
     Full(Option<Bytes>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Upstream(_) => f.write_str("ResponseBody::Upstream"),
+            ResponseBody::Full(b) => write!(f, "ResponseBody::Full({b:?})"),
+        }
+    }
 }
 
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody::Full(Some(bytes))
     }
-    pub fn upstream(body: Incoming, slot: Slot) -> Self {
-        ResponseBody::Upstream {
+
+    pub fn upstream(body: Incoming, slot: Slot, conn: Conn, idle: Duration) -> Self {
+        ResponseBody::Upstream(Box::new(UpstreamBody {
             body,
             slot: Some(slot),
+            conn: Some(conn),
+            idle,
+            timer: None,
+        }))
+    }
+}
+
+impl UpstreamBody {
+    /// The answer is complete: the connection goes back to the pool, the slot is freed.
+    fn finish(&mut self) {
+        if let (Some(slot), Some(conn)) = (self.slot.take(), self.conn.take()) {
+            slot.instance.pool.checkin(conn);
+        }
+    }
+
+    /// The answer broke off: the connection is dropped and the instance charged a failure.
+    fn fail(&mut self) {
+        self.conn.take();
+        if let Some(slot) = self.slot.take() {
+            slot.instance.record_failure();
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn StdError + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match &mut *self {
-            ResponseBody::Upstream { body, slot } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    // Free the instance as soon as its answer is complete.
-                    slot.take();
-                }
-                polled
+        let up = match &mut *self {
+            ResponseBody::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
             }
-            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(up) => up,
+        };
+        match Pin::new(&mut up.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = up.timer.as_mut() {
+                    let deadline = tokio::time::Instant::now() + up.idle;
+                    t.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                up.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                up.fail();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => {
+                let idle = up.idle;
+                let timer = up
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        if let Some(slot) = &up.slot {
+                            tracing::warn!(instance = %slot.instance.addr, "answer stalled; cut off");
+                        }
+                        up.fail();
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
+            ResponseBody::Upstream(up) => up.body.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream { body, .. } => body.size_hint(),
+            ResponseBody::Upstream(up) => up.body.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -191,8 +529,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Maps a failed exchange to the error the client sees.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
+/// Maps an exchange that broke to the error the client sees.
+pub fn classify(err: &hyper::Error) -> ProxyError {
     let mut source: Option<&(dyn StdError + 'static)> = err.source();
     while let Some(e) = source {
         if let Some(t) = e.downcast_ref::<BodyTooLarge>() {
@@ -200,11 +538,7 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = e.source();
     }
-    if err.is_connect() {
-        ProxyError::Connect
-    } else {
-        ProxyError::Protocol
-    }
+    ProxyError::Protocol
 }
 
 /// One line for the log: the error and its causes.

@@ -6,7 +6,7 @@ use super::*;
 const NAME_RULE: &str =
     "is invalid: use 3 to 32 characters, lowercase letters, digits and `-`, starting with a letter";
 const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
-    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, deployments";
+    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, deployments";
 const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
     this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` once supported, or \
     `none` to silence this warning)";
