@@ -32,8 +32,6 @@ pub enum ProxyError {
     NoHealthyInstance,
     #[error("could not read the request body: {0}")]
     ClientBody(String),
-    #[error("ambiguous request framing: Content-Length with Transfer-Encoding")]
-    AmbiguousFraming,
     #[error("the instance broke the exchange before answering")]
     Protocol,
     #[error("the instance did not answer within {timeout_ms} ms")]
@@ -44,9 +42,7 @@ impl ProxyError {
     /// The status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UnknownPin { .. }
-            | ProxyError::ClientBody(_)
-            | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownPin { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyInstance => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoTraffic { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

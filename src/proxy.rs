@@ -73,9 +73,6 @@ impl Proxy {
         remote: SocketAddr,
     ) -> Result<(Response<ResponseBody>, usize), (ProxyError, Option<usize>)> {
         let limit = table.max_request_body_bytes;
-        if ambiguous_framing(req.headers()) {
-            return Err((ProxyError::AmbiguousFraming, None));
-        }
         if let Some(len) = content_length(req.headers())
             && len > limit
         {
@@ -204,16 +201,6 @@ fn drain_in_background(mut body: Incoming) {
     });
 }
 
-/// Content-Length together with Transfer-Encoding, or Content-Length values that differ: a
-/// request the instance might frame differently than scoregate did (request smuggling).
-fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = lengths.next() else {
-        return false;
-    };
-    headers.contains_key(header::TRANSFER_ENCODING) || lengths.any(|l| l != first)
-}
-
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -252,9 +239,8 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
 }
 
-/// Most headers a request may carry.
-pub const MAX_HEADERS: usize = 100;
-/// Largest request head (request line and headers).
+/// Largest request head (request line and headers); more than 100 headers also get 431
+/// (hyper's own limit).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Accepts connections on `listener` until `shutdown` turns true, then stops accepting at once
@@ -271,8 +257,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.header_timeout)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, remote) = tokio::select! {

@@ -307,7 +307,7 @@ async fn a_dead_instance_gives_502() {
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert_eq!(a.json()["deployment"], "blue");
     assert_eq!(a.deployment(), "blue");
-    assert!(proxy.log().contains("cannot connect to instance"));
+    proxy.wait_log("cannot connect to instance");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

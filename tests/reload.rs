@@ -115,11 +115,7 @@ async fn renamed_over_like_mv_and_sed_i() {
     let t = Instant::now();
     rename_over(&rig.path(), &rig.content(0, 100));
     rig.load.wait_for_only("green", t, SWITCH).await;
-    assert!(
-        rig.proxy
-            .log()
-            .contains("generation=2 traffic=blue=0 green=100")
-    );
+    rig.proxy.wait_log("generation=2 traffic=blue=0 green=100");
     rig.finish().await;
 }
 
@@ -208,15 +204,9 @@ async fn bad_files_change_nothing_and_the_next_valid_write_applies() {
         );
         assert_eq!(rig.proxy.metric("scoregate_config_generation").await, 1.0);
     }
-    assert!(
-        rig.proxy
-            .log()
-            .contains("endpoint file not applied; generation 1 keeps serving")
-    );
-    assert!(
-        rig.proxy.log().contains(&format!("{}:1:", path.display())),
-        "errors name file and line"
-    );
+    rig.proxy
+        .wait_log("endpoint file not applied; generation 1 keeps serving");
+    rig.proxy.wait_log(&format!("{}:1:", path.display()));
 
     let t = Instant::now();
     rename_over(&path, &valid);
@@ -246,7 +236,7 @@ async fn deleted_then_recreated() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     rig.load.assert_only_after("blue", t).await;
-    assert!(rig.proxy.log().contains("cannot read the file"));
+    rig.proxy.wait_log("cannot read the file");
 
     let t = Instant::now();
     std::fs::write(&path, rig.content(0, 100)).unwrap();
@@ -341,10 +331,7 @@ async fn a_changed_listen_address_is_kept_with_a_warning() {
     );
     rename_over(&rig.path(), &changed);
     rig.load.wait_for_only("green", t, SWITCH).await;
-    assert!(
-        rig.proxy
-            .log()
-            .contains("listen and admin_listen are read at start only")
-    );
+    rig.proxy
+        .wait_log("listen and admin_listen are read at start only");
     rig.finish().await;
 }

@@ -42,6 +42,13 @@ pub struct Behavior {
     pub delay: Duration,
     /// Answer with the request body instead of the default JSON.
     pub echo: bool,
+    /// Stream the answer as 10 chunks over this long (the request counts as held until the
+    /// last chunk).
+    pub stream_for: Duration,
+    /// Send the headers and one chunk, then nothing more.
+    pub stall: bool,
+    /// Close keep-alive connections idle for this long (0: never).
+    pub idle_close: Duration,
 }
 
 impl Default for Behavior {
@@ -50,6 +57,74 @@ impl Default for Behavior {
             status: StatusCode::OK,
             delay: Duration::ZERO,
             echo: false,
+            stream_for: Duration::ZERO,
+            stall: false,
+            idle_close: Duration::ZERO,
+        }
+    }
+}
+
+/// A backend's answer: whole, or streamed slowly (releasing the held count at its end).
+pub enum TestBody {
+    Full(Option<Bytes>),
+    Slow {
+        left: usize,
+        every: Duration,
+        timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+        current: Option<Arc<AtomicUsize>>,
+        stall: bool,
+    },
+}
+
+impl hyper::body::Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match &mut *self {
+            TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            TestBody::Slow {
+                left,
+                every,
+                timer,
+                current,
+                stall,
+            } => {
+                if *left == 0 {
+                    if let Some(c) = current.take() {
+                        c.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    return Poll::Ready(None);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *left -= 1;
+                let next = if *stall {
+                    Duration::from_secs(3600)
+                } else {
+                    *every
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + next);
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                    b"chunk;",
+                )))))
+            }
+        }
+    }
+}
+
+impl Drop for TestBody {
+    fn drop(&mut self) {
+        if let TestBody::Slow {
+            current: Some(c), ..
+        } = self
+        {
+            c.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -91,6 +166,7 @@ impl Backend {
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
+                    let idle_close = state.1.idle_close;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let state = state.clone();
                         async move {
@@ -111,13 +187,24 @@ impl Backend {
                             if !behavior.delay.is_zero() {
                                 tokio::time::sleep(behavior.delay).await;
                             }
-                            current.fetch_sub(1, Ordering::SeqCst);
                             let out = if behavior.echo {
                                 body
                             } else {
                                 Bytes::from(format!("{{\"deployment\":\"{name}\"}}"))
                             };
-                            let mut resp = Response::new(Full::new(out));
+                            let body = if behavior.stream_for.is_zero() && !behavior.stall {
+                                current.fetch_sub(1, Ordering::SeqCst);
+                                TestBody::Full(Some(out))
+                            } else {
+                                TestBody::Slow {
+                                    left: 10,
+                                    every: behavior.stream_for / 10,
+                                    timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                                    current: Some(current.clone()),
+                                    stall: behavior.stall,
+                                }
+                            };
+                            let mut resp = Response::new(body);
                             *resp.status_mut() = behavior.status;
                             resp.headers_mut()
                                 .insert("x-backend", name.parse().unwrap());
@@ -128,9 +215,14 @@ impl Backend {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let mut b = http1::Builder::new();
+                    if !idle_close.is_zero() {
+                        // hyper's header read timeout also runs while a keep-alive connection
+                        // waits for its next request: an idle-closing server.
+                        b.timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(idle_close);
+                    }
+                    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -369,9 +461,38 @@ impl Proc {
 
     /// `scoregate score-server` on a free port.
     pub fn score_server(name: &str, extra: &[&str]) -> Proc {
-        let mut args = vec!["score-server", "--name", name, "--listen", "127.0.0.1:0"];
+        Self::score_server_on(name, "127.0.0.1:0", extra)
+    }
+
+    /// `scoregate score-server` on `addr`.
+    pub fn score_server_on(name: &str, addr: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["score-server", "--name", name, "--listen", addr];
         args.extend_from_slice(extra);
         Proc::spawn(&args, "scoring server listening")
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -397,6 +518,20 @@ impl Proc {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    }
+
+    /// Waits up to 3 s for `needle` to appear in the log (it is read by another thread);
+    /// panics with the log otherwise.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log never showed {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn log(&self) -> String {
