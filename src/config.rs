@@ -24,7 +24,7 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 /// Default wait for a free instance (ms).
 pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
 /// Default time a client has to send its request headers (ms).
-pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 60_000;
 /// Default request body limit: 16 MiB (exactly 16 MiB is allowed).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -150,7 +150,8 @@ pub struct EndpointConfig {
     pub deployments: Vec<DeploymentConfig>,
     /// Largest request body accepted. Default 16 MiB.
     pub max_request_body_bytes: u64,
-    /// Time a client has to send its request headers. Default 10 s. Read at start.
+    /// Time a client has to send its request headers, and longest idle keep-alive wait.
+    /// Default 60 s (nginx's client_header_timeout). Read at start.
     pub client_header_timeout: Duration,
 }
 

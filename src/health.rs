@@ -125,21 +125,26 @@ pub async fn run(loader: Arc<Loader>) {
     loop {
         tick.tick().await;
         let table = loader.table().load_full();
+        // Probes run side by side, so one unreachable instance does not delay the others.
+        let mut probes = tokio::task::JoinSet::new();
         for d in table.deployments.iter() {
             for i in d.instances.iter() {
                 i.pool.sweep();
-                if !i.health.probe_due() {
-                    continue;
-                }
-                if probe(i).await {
-                    i.reinstate();
-                    tracing::info!(deployment = %d.name, instance = %i.addr, "instance answers again: back in rotation (on probation)");
-                } else {
-                    let time = i.health.eject();
-                    tracing::warn!(deployment = %d.name, instance = %i.addr, ejected_for = ?time, "instance still unreachable: ejected again");
+                if i.health.probe_due() {
+                    let (name, i) = (d.name.clone(), i.clone());
+                    probes.spawn(async move {
+                        if probe(&i).await {
+                            i.reinstate();
+                            tracing::info!(deployment = %name, instance = %i.addr, "instance answers again: back in rotation (on probation)");
+                        } else {
+                            let time = i.health.eject();
+                            tracing::warn!(deployment = %name, instance = %i.addr, ejected_for = ?time, "instance still unreachable: ejected again");
+                        }
+                    });
                 }
             }
         }
+        while probes.join_next().await.is_some() {}
     }
 }
 

@@ -235,7 +235,8 @@ fn append_forwarded_for(headers: &mut http::HeaderMap, remote: SocketAddr) {
 /// Limits on what a client may send before its request is read.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
-    /// Time a client has to send its request headers (slowloris). Default 10 s.
+    /// Time a client has to send its request headers (slowloris); also how long an idle
+    /// keep-alive connection is kept. Default 60 s.
     pub header_timeout: Duration,
 }
 

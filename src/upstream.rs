@@ -382,6 +382,15 @@ pub struct UpstreamBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An answer read to its end whose last poll never came still returns its connection.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
 /// The body sent to the client: an instance's streamed answer, or a small body scoregate wrote.
 pub enum ResponseBody {
     Upstream(Box<UpstreamBody>),
@@ -446,7 +455,10 @@ impl Body for ResponseBody {
         };
         match Pin::new(&mut up.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = up.timer.as_mut() {
+                if up.body.is_end_stream() {
+                    // The last frame: the server may not poll again, so finish now.
+                    up.finish();
+                } else if let Some(t) = up.timer.as_mut() {
                     let deadline = tokio::time::Instant::now() + up.idle;
                     t.as_mut().reset(deadline);
                 }

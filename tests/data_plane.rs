@@ -582,3 +582,50 @@ async fn scoring_server_injects_errors_and_delay() {
     );
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_instances_are_pooled_and_kept_alive() {
+    let blue = Backend::echo("blue").await;
+    let proxy = Proc::proxy(
+        &EndpointFile::new()
+            .deployment("blue", &[blue.addr], Some(100))
+            .yaml(),
+    );
+    let c = client();
+    for i in 0..100 {
+        let a = if i % 2 == 0 {
+            get(&c, &proxy.url("/score"), &[]).await
+        } else {
+            send(
+                &c,
+                Request::post(proxy.url("/score"))
+                    .body(Full::new(Bytes::from(vec![b'x'; 3000])))
+                    .unwrap(),
+            )
+            .await
+        };
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    assert_eq!(blue.count(), 100);
+    assert_eq!(
+        blue.connections(),
+        1,
+        "sequential requests did not reuse the connection"
+    );
+    // Concurrent clients share a handful of connections, reused across bursts.
+    for _ in 0..3 {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (c, url) = (c.clone(), proxy.url("/score"));
+            tasks.push(tokio::spawn(async move { get(&c, &url, &[]).await.status }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), StatusCode::OK);
+        }
+    }
+    assert!(
+        blue.connections() <= 9,
+        "{} connections for 8 concurrent clients",
+        blue.connections()
+    );
+}

@@ -116,6 +116,27 @@ impl hyper::body::Body for TestBody {
             }
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, TestBody::Full(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // Whole answers carry Content-Length, as most scoring servers send them.
+        match self.exact_len() {
+            Some(n) => hyper::body::SizeHint::with_exact(n),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+impl TestBody {
+    fn exact_len(&self) -> Option<u64> {
+        match self {
+            TestBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
+            TestBody::Slow { .. } => None,
+        }
+    }
 }
 
 impl Drop for TestBody {
@@ -137,6 +158,7 @@ pub struct Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
     current: Arc<AtomicUsize>,
     max: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -151,6 +173,8 @@ impl Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let current = Arc::new(AtomicUsize::new(0));
         let max = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let state = (
             name.to_string(),
             behavior,
@@ -164,6 +188,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let idle_close = state.1.idle_close;
@@ -232,6 +257,7 @@ impl Backend {
             seen,
             current,
             max,
+            connections,
             task,
         }
     }
@@ -287,6 +313,11 @@ impl Backend {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     pub fn max_concurrent(&self) -> usize {
         self.max.load(Ordering::SeqCst)
     }
