@@ -107,6 +107,18 @@ fn quantile_ms(q: f64, now: &[u64], then: &[u64]) -> Option<f64> {
     None
 }
 
+/// `{"NAME": percent}`, or `{}` without a mirror.
+fn mirror_map(table: &Table) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(mirror) = &table.mirror {
+        m.insert(
+            table.deployments[mirror.index].name.to_string(),
+            json!(mirror.percent),
+        );
+    }
+    Value::Object(m)
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -201,8 +213,11 @@ impl Admin {
             "file": self.loader.path().display().to_string(),
             "sha256": sha,
             "pin_header": table.pin_header.as_str(),
+            "sticky_header": table.sticky_header.as_ref().map(|h| h.as_str()),
+            "auth_mode": if table.keys.is_some() { "key" } else { "none" },
+            "keys": table.keys.as_ref().map(|k| k.len()),
             "traffic": traffic,
-            "mirror": {},
+            "mirror": mirror_map(&table),
             "deployments": deployments,
             "last_reload_error": status.last_error,
         })
@@ -261,7 +276,10 @@ impl Admin {
             "loaded_at": rfc3339(status.loaded_at),
             "last_reload_error": status.last_error,
             "window_seconds": secs,
-            "mirror": null,
+            "mirror": table.mirror.as_ref().map(|m| json!({
+                "deployment": &*table.deployments[m.index].name,
+                "percent": m.percent,
+            })),
             "deployments": deployments,
             "unrouted": {
                 "requests_per_second": rate(unrouted, then_counts.get("")),

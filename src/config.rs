@@ -136,6 +136,59 @@ pub struct DeploymentConfig {
     pub request: RequestSettings,
 }
 
+/// Who may use the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Anyone (the default).
+    None,
+    /// `Authorization: Bearer KEY` with a key from `keys_file`.
+    Key(Keys),
+}
+
+/// The keys of `auth_mode: key`, kept only as SHA-256 digests.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The keys file, resolved against the endpoint file's directory.
+    pub file: PathBuf,
+    pub digests: Vec<[u8; 32]>,
+    /// Digest of the whole keys file, to notice when it changes.
+    pub file_sha256: [u8; 32],
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the keys, not even their digests.
+        f.debug_struct("Keys")
+            .field("file", &self.file)
+            .field("count", &self.digests.len())
+            .finish()
+    }
+}
+
+/// `mirror_traffic`: copies of this share of unpinned requests go to `deployment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorConfig {
+    pub deployment: String,
+    /// 1–50.
+    pub percent: u8,
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The keys of a keys file: one per line, surrounding blanks trimmed, empty lines and lines
+/// starting with `#` skipped; returned as SHA-256 digests.
+pub fn parse_keys(text: &str) -> Vec<[u8; 32]> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|k| sha256(k.as_bytes()))
+        .collect()
+}
+
 /// A fully validated endpoint file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
@@ -146,8 +199,14 @@ pub struct EndpointConfig {
     pub admin_listen: SocketAddr,
     /// Header whose value pins a deployment. Default `x-api-version`.
     pub pin_header: HeaderName,
+    /// Header whose value chooses the deployment by a stable hash. Default none.
+    pub sticky_header: Option<HeaderName>,
     /// Deployments in the order of the `traffic:` map first, then the others in file order.
     pub deployments: Vec<DeploymentConfig>,
+    /// Mirror of unpinned requests. Default none.
+    pub mirror: Option<MirrorConfig>,
+    /// Default none.
+    pub auth: Auth,
     /// Largest request body accepted. Default 16 MiB.
     pub max_request_body_bytes: u64,
     /// Time a client has to send its request headers, and longest idle keep-alive wait.
@@ -167,8 +226,10 @@ impl EndpointConfig {
 pub struct Loaded {
     pub config: EndpointConfig,
     pub warnings: Vec<Diagnostic>,
-    /// The exact bytes that were parsed (for change detection and `/config`'s hash).
+    /// The exact bytes that were parsed (for `/config`'s hash).
     pub source: String,
+    /// What identifies this configuration: the file and, with `auth_mode: key`, the keys file.
+    pub fingerprint: String,
 }
 
 /// Reads and validates `path`.
@@ -205,6 +266,7 @@ pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
     };
     let mut v = Validator {
         src,
+        path,
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -213,10 +275,16 @@ pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
         && let Some(config) = config
     {
         v.warnings.sort_by_key(|d| (d.line, d.column));
+        let mut fingerprint = src.to_string();
+        if let Auth::Key(k) = &config.auth {
+            fingerprint.push_str("\n#keys ");
+            fingerprint.extend(k.file_sha256.iter().map(|b| format!("{b:02x}")));
+        }
         return Ok(Loaded {
             config,
             warnings: v.warnings,
             source: src.to_string(),
+            fingerprint,
         });
     }
     v.errors.sort_by_key(|d| (d.line, d.column));
@@ -253,7 +321,7 @@ struct RawFile {
     pin_header: Option<String>,
     sticky_header: Option<String>,
     traffic: Option<Vec<(String, i64)>>,
-    mirror_traffic: Option<IgnoredAny>,
+    mirror_traffic: Option<Vec<(String, i64)>>,
     auth_mode: Option<String>,
     keys_file: Option<String>,
     max_request_body_bytes: Option<u64>,
@@ -356,7 +424,9 @@ impl<'de> Deserialize<'de> for RawFile {
                         "pin_header" => raw.pin_header = Some(map.next_value()?),
                         "sticky_header" => raw.sticky_header = Some(map.next_value()?),
                         "traffic" => raw.traffic = Some(map.next_value::<Traffic>()?.0),
-                        "mirror_traffic" => raw.mirror_traffic = Some(map.next_value()?),
+                        "mirror_traffic" => {
+                            raw.mirror_traffic = Some(map.next_value::<Traffic>()?.0)
+                        }
                         "auth_mode" => raw.auth_mode = Some(map.next_value()?),
                         "keys_file" => raw.keys_file = Some(map.next_value()?),
                         "max_request_body_bytes" => {
@@ -630,6 +700,8 @@ impl<'de> Deserialize<'de> for RawRequest {
 
 struct Validator<'s> {
     src: &'s str,
+    /// The endpoint file, for resolving `keys_file`.
+    path: &'s Path,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
@@ -695,41 +767,60 @@ impl Validator<'_> {
             },
         };
 
-        if raw.sticky_header.is_some() {
-            self.error(
-                &[K("sticky_header")],
-                "`sticky_header` is not supported yet: remove it (the split is weighted random)",
-            );
-        }
-        if raw.mirror_traffic.is_some() {
-            self.error(
-                &[K("mirror_traffic")],
-                "`mirror_traffic` is not supported yet: remove it (no request is mirrored)",
-            );
-        }
-        match raw.auth_mode.as_deref() {
-            None | Some("none") => {}
-            Some("aml_token") => self.warn(
-                &[K("auth_mode")],
-                "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: this endpoint is OPEN \
-                 to anyone who can reach it (use `auth_mode: key` once supported, or `none` to \
-                 silence this warning)",
-            ),
-            Some("key") => self.error(
-                &[K("auth_mode")],
-                "auth_mode `key` is not supported yet: use `none` (the endpoint is then open)",
-            ),
-            Some(other) => self.error(
-                &[K("auth_mode")],
-                format!("auth_mode `{other}` is not known: use `none` or `key`"),
-            ),
-        }
-        if raw.keys_file.is_some() && raw.auth_mode.as_deref() != Some("key") {
-            self.error(
-                &[K("keys_file")],
-                "`keys_file` is only used with `auth_mode: key`",
-            );
-        }
+        let sticky_header = match raw.sticky_header.as_deref() {
+            None => None,
+            Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) if Some(&n) == pin_header.as_ref() => {
+                    self.error(
+                        &[K("sticky_header")],
+                        format!("sticky_header `{h}` is the pin header: use another header"),
+                    );
+                    None
+                }
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.error(
+                        &[K("sticky_header")],
+                        format!("sticky_header `{h}` is not a valid HTTP header name"),
+                    );
+                    None
+                }
+            },
+        };
+        let auth = match raw.auth_mode.as_deref() {
+            None | Some("none") => {
+                if raw.keys_file.is_some() {
+                    self.error(
+                        &[K("keys_file")],
+                        "`keys_file` is only used with `auth_mode: key`",
+                    );
+                }
+                Auth::None
+            }
+            Some("aml_token") => {
+                self.warn(
+                    &[K("auth_mode")],
+                    "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: this endpoint is \
+                     OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, or \
+                     `none` to silence this warning)",
+                );
+                if raw.keys_file.is_some() {
+                    self.error(
+                        &[K("keys_file")],
+                        "`keys_file` is only used with `auth_mode: key`",
+                    );
+                }
+                Auth::None
+            }
+            Some("key") => self.keys(raw.keys_file.as_deref()),
+            Some(other) => {
+                self.error(
+                    &[K("auth_mode")],
+                    format!("auth_mode `{other}` is not known: use `none` or `key`"),
+                );
+                Auth::None
+            }
+        };
         let max_request_body_bytes = match raw.max_request_body_bytes {
             Some(0) => {
                 self.error(
@@ -886,6 +977,12 @@ impl Validator<'_> {
             );
         }
 
+        let mirror = self.mirror(
+            raw.mirror_traffic.as_deref(),
+            &deployments,
+            raw.deployments.is_some(),
+        );
+
         if !self.errors.is_empty() {
             return None;
         }
@@ -904,9 +1001,107 @@ impl Validator<'_> {
             listen: listen?,
             admin_listen: admin_listen?,
             pin_header: pin_header?,
+            sticky_header,
             deployments: ordered,
+            mirror,
+            auth,
             max_request_body_bytes,
             client_header_timeout,
+        })
+    }
+
+    /// `auth_mode: key`: reads `keys_file` (relative to the endpoint file), one key per line.
+    fn keys(&mut self, keys_file: Option<&str>) -> Auth {
+        let Some(file) = keys_file else {
+            self.error(
+                &[Seg::Key("auth_mode")],
+                "auth_mode `key` needs `keys_file`: a file with one key per line",
+            );
+            return Auth::None;
+        };
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        let path = dir.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(
+                    &[Seg::Key("keys_file")],
+                    format!("keys_file `{}` cannot be read: {e}", path.display()),
+                );
+                return Auth::None;
+            }
+        };
+        let keys = parse_keys(&text);
+        if keys.is_empty() {
+            self.error(
+                &[Seg::Key("keys_file")],
+                format!(
+                    "keys_file `{}` holds no key (one key per line; `#` starts a comment)",
+                    path.display()
+                ),
+            );
+            return Auth::None;
+        }
+        Auth::Key(Keys {
+            file: path,
+            digests: keys,
+            file_sha256: sha256(text.as_bytes()),
+        })
+    }
+
+    /// `mirror_traffic`: at most one deployment, 0–50 percent, taking no live traffic.
+    fn mirror(
+        &mut self,
+        raw: Option<&[(String, i64)]>,
+        deployments: &[DeploymentConfig],
+        have_deployments: bool,
+    ) -> Option<MirrorConfig> {
+        let entries = raw?;
+        if entries.len() > 1 {
+            self.error(
+                &[Seg::Key("mirror_traffic")],
+                "mirror_traffic names more than one deployment: mirror to one at a time",
+            );
+            return None;
+        }
+        let (name, pct) = entries.first()?;
+        let p = [Seg::Key("mirror_traffic"), Seg::Key(name)];
+        let mut ok = true;
+        if !(0..=50).contains(pct) {
+            self.error(
+                &p,
+                format!("mirror percentage {pct} of `{name}` is out of range: 0 to 50"),
+            );
+            ok = false;
+        }
+        match deployments.iter().find(|d| &d.name == name) {
+            Some(d) if d.weight > 0 => {
+                self.error(
+                    &p,
+                    format!(
+                        "`{name}` takes {}% of live traffic: a mirror must be a deployment at 0% live weight",
+                        d.weight
+                    ),
+                );
+                ok = false;
+            }
+            Some(_) => {}
+            None if have_deployments => {
+                let known: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+                self.error(
+                    &p,
+                    format!(
+                        "`mirror_traffic` names `{name}`, which is not a deployment (deployments: {})",
+                        known.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+        (ok && *pct > 0).then(|| MirrorConfig {
+            deployment: name.clone(),
+            percent: *pct as u8,
         })
     }
 

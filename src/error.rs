@@ -16,6 +16,8 @@ pub enum ProxyError {
         value: String,
         known: String,
     },
+    #[error("missing or invalid key: send Authorization: Bearer KEY")]
+    Unauthorized,
     #[error("no deployment takes traffic (all weights are 0); pin one with the {header} header")]
     NoTraffic { header: HeaderName },
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -44,6 +46,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownPin { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyInstance => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::NoTraffic { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -82,6 +85,10 @@ pub fn error_response(
     if let Some(d) = deployment {
         resp.headers_mut()
             .insert(HeaderName::from_static("x-deployment"), d.clone());
+    }
+    if matches!(err, ProxyError::Unauthorized) {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     resp
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -12,27 +12,36 @@ use http::header::{self, HeaderValue};
 use http::uri::Uri;
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rand::RngExt;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use crate::config;
 use crate::error::{ProxyError, error_response};
+use crate::mirror::Mirroring;
 use crate::routing::Table;
 use crate::upstream::{self, Failure, RequestBody, ResponseBody};
 
 static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Shared state of the data plane: the live table, written only by the loader.
+/// Shared state of the data plane: the live table (written only by the loader) and the bound
+/// on mirrored copies.
 pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
+    mirroring: Mirroring,
 }
 
 impl Proxy {
     pub fn new(table: Arc<ArcSwap<Table>>) -> Self {
-        Proxy { table }
+        Proxy {
+            table,
+            mirroring: Mirroring::default(),
+        }
     }
 
     /// Serves one request. Never fails: every error becomes a JSON answer.
@@ -68,11 +77,16 @@ impl Proxy {
 
     async fn forward(
         &self,
-        table: &Table,
+        table: &Arc<Table>,
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<(Response<ResponseBody>, usize), (ProxyError, Option<usize>)> {
         let limit = table.max_request_body_bytes;
+        if let Some(keys) = &table.keys
+            && !authorized(req.headers(), keys)
+        {
+            return Err((ProxyError::Unauthorized, None));
+        }
         if let Some(len) = content_length(req.headers())
             && len > limit
         {
@@ -80,7 +94,7 @@ impl Proxy {
             return Err((ProxyError::BodyTooLarge { limit }, None));
         }
         let choice = table
-            .choose(req.headers().get(&table.pin_header), &mut rand::rng())
+            .choose_for(req.headers(), &mut rand::rng())
             .map_err(|e| (e, None))?;
         let dep = &table.deployments[choice.index];
         let at = |e| (e, Some(choice.index));
@@ -99,7 +113,18 @@ impl Proxy {
         let path = parts.uri.path_and_query().cloned();
         parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         parts.version = http::Version::HTTP_11;
-        let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, limit));
+        if table.keys.is_some() {
+            // The key is scoregate's: the instance never sees it.
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        let tee = if choice.pinned || table.mirror.is_none() {
+            None
+        } else {
+            let roll = rand::rng().random_range(0..100u8);
+            self.mirroring.start(table, &parts, body.size_hint(), roll)
+        };
+        let mut upstream_req =
+            Request::from_parts(parts, RequestBody::new(body, limit).with_tee(tee));
 
         let timeout = dep.settings.request_timeout;
         let timeout_ms = timeout.as_millis() as u64;
@@ -180,6 +205,22 @@ impl Proxy {
             choice.index,
         ))
     }
+}
+
+/// Does the request carry `Authorization: Bearer KEY` with one of `keys` (SHA-256 digests)?
+/// Every digest is compared in constant time.
+fn authorized(headers: &http::HeaderMap, keys: &[[u8; 32]]) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let v = value.as_bytes();
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let presented = config::sha256(v[7..].trim_ascii());
+    keys.iter()
+        .fold(subtle::Choice::from(0), |any, k| any | k.ct_eq(&presented))
+        .into()
 }
 
 /// Reads and discards a refused body for a short while (nginx's lingering close), so that a

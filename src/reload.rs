@@ -37,10 +37,12 @@ pub enum Trigger {
 /// What the loader knows of the file: the last content or error seen, and what is live.
 #[derive(Debug)]
 struct State {
-    /// The last read result (content, or the read error), to skip unchanged files.
+    /// The last outcome (fingerprint, or the error), to skip unchanged files.
     last_seen: Result<String, String>,
-    /// The content of the live table.
+    /// The fingerprint of the live table (file and keys file).
     applied: String,
+    /// The endpoint file's text behind the live table.
+    source: String,
     name: Option<String>,
     generation: u64,
     listen: SocketAddr,
@@ -84,8 +86,9 @@ impl Loader {
             table,
             metrics,
             state: Mutex::new(State {
-                last_seen: Ok(loaded.source.clone()),
-                applied: loaded.source.clone(),
+                last_seen: Ok(loaded.fingerprint.clone()),
+                applied: loaded.fingerprint.clone(),
+                source: loaded.source.clone(),
                 name: loaded.config.name.clone(),
                 generation: 1,
                 listen: loaded.config.listen,
@@ -113,7 +116,7 @@ impl Loader {
             generation: st.generation,
             loaded_at: st.loaded_at,
             last_error: st.last_error.clone(),
-            source: st.applied.clone(),
+            source: st.source.clone(),
         }
     }
 
@@ -125,24 +128,22 @@ impl Loader {
     /// Reads the file and applies it if it is valid and differs from the live one. Blocking
     /// (file I/O): call it off the async workers. Returns whether a new table went live.
     pub fn reload(&self, trigger: Trigger) -> bool {
-        let read = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("{}: cannot read the file: {e}", self.path.display()));
+        // Read and validate every time (the file is small): a change of the keys file alone
+        // must be seen too. What was seen is compared by fingerprint (or error text).
+        let outcome = config::load_file(&self.path).map_err(|e| e.to_string());
+        let seen = outcome
+            .as_ref()
+            .map(|l| l.fingerprint.clone())
+            .map_err(Clone::clone);
         let mut st = self.lock();
-        if trigger != Trigger::Signal && read == st.last_seen {
+        if trigger != Trigger::Signal && seen == st.last_seen {
             return false;
         }
-        st.last_seen = read.clone();
-        let src = match read {
-            Ok(src) => src,
-            Err(e) => {
-                self.fail(&mut st, e);
-                return false;
-            }
-        };
-        let loaded = match config::parse_str(&src, &self.path) {
+        st.last_seen = seen;
+        let loaded = match outcome {
             Ok(l) => l,
             Err(e) => {
-                self.fail(&mut st, e.to_string());
+                self.fail(&mut st, e);
                 return false;
             }
         };
@@ -166,7 +167,7 @@ impl Loader {
         }
         st.last_error = None;
         self.metrics.reload(true);
-        if src == st.applied {
+        if loaded.fingerprint == st.applied {
             tracing::info!(
                 generation = st.generation,
                 ?trigger,
@@ -177,7 +178,8 @@ impl Loader {
         st.generation += 1;
         let table = Table::compile(cfg, st.generation, Some(&self.table.load()), &self.metrics);
         self.table.store(Arc::new(table));
-        st.applied = src;
+        st.applied = loaded.fingerprint.clone();
+        st.source = loaded.source.clone();
         st.name = cfg.name.clone();
         st.loaded_at = SystemTime::now();
         self.metrics.config_generation.set(st.generation as i64);

@@ -13,7 +13,7 @@ use http::{HeaderName, HeaderValue};
 use rand::{Rng, RngExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{EndpointConfig, RequestSettings};
+use crate::config::{Auth, EndpointConfig, RequestSettings};
 use crate::error::ProxyError;
 use crate::health::{Change, Health};
 use crate::metrics::{DeploymentMetrics, Metrics};
@@ -133,13 +133,17 @@ impl Instance {
 pub struct Slot {
     pub instance: Arc<Instance>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Counted in `scoregate_upstream_in_flight` (live requests; mirrored copies are not).
+    counted: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // Runs before the permit is released, so a permit holder always finds a free instance.
         self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.instance.deployment_in_flight.dec();
+        if self.counted {
+            self.instance.deployment_in_flight.dec();
+        }
     }
 }
 
@@ -208,7 +212,18 @@ impl Deployment {
         Ok(Slot {
             instance,
             _permit: permit,
+            counted: true,
         })
+    }
+
+    /// The slot on instance `i`, taken by [`Deployment::pick_instance`], for a mirrored copy
+    /// (not counted as a live request in flight).
+    pub fn slot(&self, i: usize) -> Slot {
+        Slot {
+            instance: self.instances[i].clone(),
+            _permit: None,
+            counted: false,
+        }
     }
 
     /// Moves `slot` to another healthy instance with room (for a retry after a refused
@@ -280,6 +295,60 @@ pub struct Table {
     known_names: Box<str>,
     /// Metric handles for requests refused before routing (`deployment="none"`).
     pub unrouted: Arc<DeploymentMetrics>,
+    /// Header whose value chooses the deployment by [`sticky_hash`].
+    pub sticky_header: Option<HeaderName>,
+    /// (exclusive cumulative hash bound, deployment index) for weights > 0, for sticky keys.
+    sticky_bounds: Box<[(u32, usize)]>,
+    /// Where copies of unpinned requests go.
+    pub mirror: Option<Mirror>,
+    /// SHA-256 digests of the accepted keys (`auth_mode: key`).
+    pub keys: Option<Box<[[u8; 32]]>>,
+}
+
+/// The live mirror: deployment, share of unpinned requests and its counters.
+#[derive(Debug)]
+pub struct Mirror {
+    pub index: usize,
+    /// 1–50.
+    pub percent: u8,
+    pub ok: prometheus::IntCounter,
+    pub error: prometheus::IntCounter,
+    pub dropped: prometheus::IntCounter,
+}
+
+/// The sticky split's hash: MurmurHash2, 32 bits, seed 0 (the hash of nginx `split_clients`).
+/// A key goes to the first deployment, in `traffic:` order, whose cumulative weight `W` (in
+/// percent) satisfies `hash < W * 4294967295 / 100`; the last one with weight takes the rest.
+pub fn sticky_hash(key: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() == 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// The hash bound of a cumulative weight, as nginx `split_clients` computes it.
+fn sticky_bound(cumulative_percent: u32) -> u32 {
+    (u64::from(cumulative_percent) * 0xffff_ffff / 100) as u32
 }
 
 /// The outcome of choosing a deployment.
@@ -366,6 +435,10 @@ impl Table {
             let addrs: Vec<&str> = gone.instances.iter().map(|i| &*i.addr).collect();
             metrics.remove_deployment(&gone.metrics, &addrs);
         }
+        let sticky_bounds: Box<[(u32, usize)]> = cumulative
+            .iter()
+            .map(|&(cum, index)| (sticky_bound(cum), index))
+            .collect();
         let known_names = cfg
             .deployments
             .iter()
@@ -382,12 +455,59 @@ impl Table {
             max_request_body_bytes: cfg.max_request_body_bytes,
             known_names,
             unrouted: previous.map_or_else(|| Arc::new(metrics.unrouted()), |t| t.unrouted.clone()),
+            sticky_header: cfg.sticky_header.clone(),
+            sticky_bounds,
+            mirror: cfg.mirror.as_ref().and_then(|m| {
+                let index = cfg
+                    .deployments
+                    .iter()
+                    .position(|d| d.name == m.deployment)?;
+                let counter =
+                    |result: &str| metrics.mirror.with_label_values(&[&m.deployment, result]);
+                Some(Mirror {
+                    index,
+                    percent: m.percent,
+                    ok: counter("ok"),
+                    error: counter("error"),
+                    dropped: counter("dropped"),
+                })
+            }),
+            keys: match &cfg.auth {
+                Auth::Key(k) => Some(k.digests.clone().into_boxed_slice()),
+                Auth::None => None,
+            },
         }
     }
 
     /// The deployment named `name`.
     pub fn deployment(&self, name: &str) -> Option<&Deployment> {
         self.deployments.iter().find(|d| &*d.name == name)
+    }
+
+    /// Chooses the deployment for a request's headers: pinned, else sticky, else weighted
+    /// random.
+    pub fn choose_for<R: Rng + ?Sized>(
+        &self,
+        headers: &http::HeaderMap,
+        rng: &mut R,
+    ) -> Result<Choice, ProxyError> {
+        let pin = headers.get(&self.pin_header);
+        if pin.is_none()
+            && self.total_weight > 0
+            && let Some(key) = self.sticky_header.as_ref().and_then(|h| headers.get(h))
+        {
+            let hash = sticky_hash(key.as_bytes());
+            let index = self
+                .sticky_bounds
+                .iter()
+                .find(|(bound, _)| hash < *bound)
+                .map_or(self.sticky_bounds[self.sticky_bounds.len() - 1].1, |b| b.1);
+            return Ok(Choice {
+                index,
+                pinned: false,
+            });
+        }
+        self.choose(pin, rng)
     }
 
     /// Chooses the deployment: the pinned one if `pin` is given, else weighted random.
@@ -574,5 +694,33 @@ mod tests {
         let b = t3.deployments[0].acquire().await.unwrap();
         assert_eq!(b.instance.in_flight(), 2);
         drop((a, b));
+    }
+
+    #[test]
+    fn sticky_hash_is_nginx_split_clients_murmurhash2() {
+        // Values printed by nginx 1.22's split_clients for the same keys.
+        assert_eq!(sticky_hash(b""), 0);
+        assert_eq!(sticky_hash(b"x"), 0x1635_7ce4);
+        assert_eq!(sticky_hash(b"alice"), 0x1c96_2259);
+        assert_eq!(sticky_hash(b"bob"), 0x5459_bb03);
+        assert_eq!(sticky_hash(b"user-42"), 0xe087_0305);
+    }
+
+    #[test]
+    fn sticky_keys_follow_nginx_split_clients_buckets() {
+        let t = table(
+            "sticky_header: x-user-id\ntraffic: {a-dep: 33, b-dep: 33, c-dep: 34}\ndeployments:\n  a-dep: {instances: [127.0.0.1:1]}\n  b-dep: {instances: [127.0.0.1:2]}\n  c-dep: {instances: [127.0.0.1:3]}\n",
+        );
+        let route = |key: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-user-id", HeaderValue::from_str(key).unwrap());
+            let c = t.choose_for(&h, &mut rand::rng()).unwrap();
+            t.deployments[c.index].name.to_string()
+        };
+        // nginx: split_clients "$http_x_user_id" $d { 33% a; 33% b; * c; }
+        assert_eq!(route("user-1"), "a-dep");
+        assert_eq!(route("alice"), "a-dep");
+        assert_eq!(route("12345"), "c-dep");
+        assert_eq!(route("some long key value with spaces"), "b-dep");
     }
 }

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
+use crate::mirror::{CopyBody, Tee};
 use crate::routing::Slot;
 
 /// How long an idle pooled connection is kept. Shorter than the keep-alive timeouts of common
@@ -294,12 +295,15 @@ pub struct RequestBody {
     inner: Inner,
     remaining: u64,
     limit: u64,
+    /// Feeds a mirrored copy, if this request is mirrored.
+    tee: Option<Tee>,
 }
 
 #[derive(Debug)]
 enum Inner {
     Streaming(Incoming),
     Buffered(Option<Bytes>),
+    Copy(CopyBody),
 }
 
 impl RequestBody {
@@ -308,6 +312,7 @@ impl RequestBody {
             inner: Inner::Streaming(inner),
             remaining: limit,
             limit,
+            tee: None,
         }
     }
 
@@ -316,6 +321,31 @@ impl RequestBody {
             inner: Inner::Buffered((!bytes.is_empty()).then_some(bytes)),
             remaining: limit,
             limit,
+            tee: None,
+        }
+    }
+
+    /// The body of a mirrored copy.
+    pub fn copy(body: CopyBody) -> Self {
+        RequestBody {
+            inner: Inner::Copy(body),
+            remaining: u64::MAX,
+            limit: u64::MAX,
+            tee: None,
+        }
+    }
+
+    /// Copies every frame to a mirrored request as it streams.
+    pub fn with_tee(mut self, tee: Option<Tee>) -> Self {
+        self.tee = tee;
+        self
+    }
+
+    fn inner_ended(&self) -> bool {
+        match &self.inner {
+            Inner::Streaming(i) => i.is_end_stream(),
+            Inner::Buffered(b) => b.is_none(),
+            Inner::Copy(c) => c.is_end_stream(),
         }
     }
 }
@@ -330,39 +360,60 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Inner::Streaming(inner) => Pin::new(inner).poll_frame(cx),
+            Inner::Streaming(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as Self::Error),
             Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Copy(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as Self::Error),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
+                        this.tee = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
                         }))));
                     }
                     this.remaining -= n;
+                    if let Some(tee) = &mut this.tee {
+                        tee.data(data);
+                    }
+                }
+                if this.inner_ended()
+                    && let Some(tee) = &mut this.tee
+                {
+                    // The client may not poll past the last frame.
+                    tee.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                this.tee = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(tee) = &mut this.tee {
+                    tee.end();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Streaming(i) => i.is_end_stream(),
-            Inner::Buffered(b) => b.is_none(),
-        }
+        self.inner_ended()
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Streaming(i) => i.size_hint(),
             Inner::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Copy(c) => c.size_hint(),
         }
     }
 }
@@ -539,6 +590,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(h);
         }
     }
+}
+
+/// Whether `err` or one of its causes is an `E`.
+pub fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<E>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Maps an exchange that broke to the error the client sees.

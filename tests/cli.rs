@@ -130,19 +130,17 @@ fn run_with_an_invalid_file_prints_the_errors_and_exits_1() {
 }
 
 #[test]
-fn run_with_unsupported_features_refuses_them() {
+fn run_refuses_a_live_mirror_and_a_missing_keys_file() {
     let (_dir, path) = temp_file(
-        "later.yaml",
-        "sticky_header: x-user-id\nmirror_traffic: {green: 10}\ntraffic: {blue: 100}\ndeployments:\n  blue: {instances: [127.0.0.1:9001]}\n  green: {instances: [127.0.0.1:9002]}\n",
+        "bad.yaml",
+        "auth_mode: key\nkeys_file: keys.txt\nmirror_traffic: {blue: 10}\ntraffic: {blue: 100}\ndeployments:\n  blue: {instances: [127.0.0.1:9001]}\n",
     );
     let (code, _, err) = run_cli(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
+    assert!(err.contains(":2:1: keys_file `"), "{err}");
+    assert!(err.contains("keys.txt` cannot be read"), "{err}");
     assert!(
-        err.contains(":1:1: `sticky_header` is not supported yet"),
-        "{err}"
-    );
-    assert!(
-        err.contains(":2:1: `mirror_traffic` is not supported yet"),
+        err.contains(":3:18: `blue` takes 100% of live traffic: a mirror must be a deployment at 0% live weight"),
         "{err}"
     );
 }
