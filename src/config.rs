@@ -182,7 +182,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// The keys of a keys file: one per line, surrounding blanks trimmed, empty lines and lines
 /// starting with `#` skipped; returned as SHA-256 digests.
 pub fn parse_keys(text: &str) -> Vec<[u8; 32]> {
-    text.lines()
+    text.trim_start_matches('\u{feff}')
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|k| sha256(k.as_bytes()))
@@ -423,10 +424,8 @@ impl<'de> Deserialize<'de> for RawFile {
                         "admin_listen" => raw.admin_listen = Some(map.next_value::<Scalar>()?.0),
                         "pin_header" => raw.pin_header = Some(map.next_value()?),
                         "sticky_header" => raw.sticky_header = Some(map.next_value()?),
-                        "traffic" => raw.traffic = Some(map.next_value::<Traffic>()?.0),
-                        "mirror_traffic" => {
-                            raw.mirror_traffic = Some(map.next_value::<Traffic>()?.0)
-                        }
+                        "traffic" => raw.traffic = Some(map.next_value_seed(TRAFFIC)?),
+                        "mirror_traffic" => raw.mirror_traffic = Some(map.next_value_seed(MIRROR)?),
                         "auth_mode" => raw.auth_mode = Some(map.next_value()?),
                         "keys_file" => raw.keys_file = Some(map.next_value()?),
                         "max_request_body_bytes" => {
@@ -490,29 +489,58 @@ where
 }
 
 /// `traffic:`: an ordered map of deployment name → integer weight.
-struct Traffic(Vec<(String, i64)>);
-impl<'de> Deserialize<'de> for Traffic {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Traffic;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of deployment name to weight, like `blue: 90`")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Traffic, A::Error> {
-                let mut out = Vec::new();
-                let mut seen = BTreeSet::new();
-                while let Some(name) = map.next_key_seed(NameSeed {
-                    seen: &mut seen,
-                    what: "traffic",
-                })? {
-                    let w = map.next_value::<Weight>()?;
-                    out.push((name, w.0));
-                }
-                Ok(Traffic(out))
-            }
+/// How a map of deployment name → integer percentage is read (`traffic`, `mirror_traffic`).
+#[derive(Clone, Copy)]
+struct PercentMap {
+    key: &'static str,
+    unit: &'static str,
+    units: &'static str,
+    example: u8,
+    max: u8,
+}
+
+const TRAFFIC: PercentMap = PercentMap {
+    key: "traffic",
+    unit: "weight",
+    units: "weights",
+    example: 90,
+    max: 100,
+};
+const MIRROR: PercentMap = PercentMap {
+    key: "mirror_traffic",
+    unit: "mirror percentage",
+    units: "mirror percentages",
+    example: 10,
+    max: 50,
+};
+
+impl<'de> DeserializeSeed<'de> for PercentMap {
+    type Value = Vec<(String, i64)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PercentMap {
+    type Value = Vec<(String, i64)>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "a map of deployment name to {}, like `blue: {}`",
+            self.unit, self.example
+        )
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        while let Some(name) = map.next_key_seed(NameSeed {
+            seen: &mut seen,
+            what: self.key,
+        })? {
+            let w = map.next_value_seed(Percent(self))?;
+            out.push((name, w));
         }
-        d.deserialize_map(V)
+        Ok(out)
     }
 }
 
@@ -536,44 +564,63 @@ impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
     }
 }
 
-/// A weight: a YAML integer (range is checked by the validator so every error is reported).
-struct Weight(i64);
-impl<'de> Deserialize<'de> for Weight {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Weight;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an integer weight from 0 to 100")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Weight, E> {
-                Ok(Weight(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Weight, E> {
-                Ok(Weight(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Weight, E> {
-                Err(E::custom(format!(
-                    "weight {v} is not an integer: weights are whole percentages from 0 to 100"
-                )))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Weight, E> {
-                Err(E::custom(format!(
-                    "weight \"{v}\" is a string: write weights as plain integers (90, not \"90\")"
-                )))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Weight, E> {
-                Err(E::custom(
-                    "weight is missing: write an integer from 0 to 100",
-                ))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Weight, E> {
-                Err(E::custom(format!(
-                    "weight `{v}` is not an integer from 0 to 100"
-                )))
-            }
-        }
-        d.deserialize_any(V)
+/// One percentage: a YAML integer (its range is checked by the validator, so that every error
+/// is reported).
+struct Percent(PercentMap);
+
+impl<'de> DeserializeSeed<'de> for Percent {
+    type Value = i64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Visitor<'_> for Percent {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an integer {} from 0 to {}", self.0.unit, self.0.max)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| {
+            E::custom(format!(
+                "{} {v} is out of range: {} are 0 to {}",
+                self.0.unit, self.0.units, self.0.max
+            ))
+        })
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+        let PercentMap {
+            unit, units, max, ..
+        } = self.0;
+        Err(E::custom(format!(
+            "{unit} {v} is not an integer: {units} are whole percentages from 0 to {max}"
+        )))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+        let PercentMap {
+            unit,
+            units,
+            example,
+            ..
+        } = self.0;
+        Err(E::custom(format!(
+            "{unit} \"{v}\" is a string: write {units} as plain integers ({example}, not \"{example}\")"
+        )))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<i64, E> {
+        Err(E::custom(format!(
+            "{} is missing: write an integer from 0 to {}",
+            self.0.unit, self.0.max
+        )))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<i64, E> {
+        Err(E::custom(format!(
+            "{} `{v}` is not an integer from 0 to {}",
+            self.0.unit, self.0.max
+        )))
     }
 }
 

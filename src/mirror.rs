@@ -100,7 +100,7 @@ impl Body for CopyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size.clone()
+        self.size
     }
 }
 

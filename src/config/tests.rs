@@ -8,8 +8,8 @@ const NAME_RULE: &str =
 const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
     sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, deployments";
 const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
-    this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` once supported, or \
-    `none` to silence this warning)";
+    this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, \
+    or `none` to silence this warning)";
 
 /// One blue deployment at 100%, to append to files that test top-level keys.
 const BLUE: &str = "traffic:
@@ -830,39 +830,477 @@ fn invalid_pin_header() {
 }
 
 #[test]
-fn sticky_header_is_not_supported_yet() {
-    let src = format!("name: x\nsticky_header: x-user-id\n{BLUE}");
+fn sticky_header_is_read() {
+    let c = clean(&format!("name: x\nsticky_header: x-user-id\n{BLUE}"));
+    assert_eq!(c.sticky_header, Some(HeaderName::from_static("x-user-id")));
+    // Lowercased as HTTP header names are.
+    let c = clean(&format!("sticky_header: X-User-Id\n{BLUE}"));
+    assert_eq!(
+        c.sticky_header.as_ref().map(HeaderName::as_str),
+        Some("x-user-id")
+    );
+    // The default is none.
+    assert_eq!(clean(BLUE).sticky_header, None);
+}
+
+#[test]
+fn invalid_sticky_header() {
+    let src = format!("name: x\nsticky_header: x user\n{BLUE}");
     assert_eq!(
         errors(&src),
         vec![d(
             2,
             1,
-            "`sticky_header` is not supported yet: remove it (the split is weighted random)"
+            "sticky_header `x user` is not a valid HTTP header name"
         )]
     );
-}
-
-#[test]
-fn mirror_traffic_is_not_supported_yet() {
-    let src = format!("name: x\nmirror_traffic: {{blue: 10}}\n{BLUE}");
+    let src = format!("name: x\nsticky_header: ''\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(2, 1, "sticky_header `` is not a valid HTTP header name")]
+    );
+    let src = format!("name: x\nsticky_header: \"x-user:id\"\n{BLUE}");
     assert_eq!(
         errors(&src),
         vec![d(
             2,
             1,
-            "`mirror_traffic` is not supported yet: remove it (no request is mirrored)"
+            "sticky_header `x-user:id` is not a valid HTTP header name"
         )]
     );
 }
 
 #[test]
-fn auth_mode_key_is_not_supported_yet() {
-    let msg = "auth_mode `key` is not supported yet: use `none` (the endpoint is then open)";
+fn sticky_header_must_differ_from_the_pin_header() {
+    // The default pin header, in any case.
+    for h in ["x-api-version", "X-API-Version"] {
+        let src = format!("name: x\nsticky_header: {h}\n{BLUE}");
+        assert_eq!(
+            errors(&src),
+            vec![d(
+                2,
+                1,
+                &format!("sticky_header `{h}` is the pin header: use another header")
+            )],
+            "{h}"
+        );
+    }
+    // A custom pin header, whichever of the two keys comes first.
+    let src = format!("pin_header: x-model\nsticky_header: X-Model\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "sticky_header `X-Model` is the pin header: use another header"
+        )]
+    );
+    let src = format!("name: x\nsticky_header: x-model\npin_header: x-model\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "sticky_header `x-model` is the pin header: use another header"
+        )]
+    );
+    // With a custom pin header, the default one is free for stickiness.
+    let c = clean(&format!(
+        "pin_header: x-model\nsticky_header: x-api-version\n{BLUE}"
+    ));
+    assert_eq!(c.pin_header.as_str(), "x-model");
+    assert_eq!(
+        c.sticky_header,
+        Some(HeaderName::from_static("x-api-version"))
+    );
+}
+
+#[test]
+fn mirror_traffic_is_read() {
+    for percent in [1, 10, 50] {
+        let src =
+            format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: {percent}\n{BLUE_GREEN}");
+        let c = clean(&src);
+        assert_eq!(
+            c.mirror,
+            Some(MirrorConfig {
+                deployment: "green".into(),
+                percent,
+            }),
+            "{percent}"
+        );
+        assert_eq!(weights(&c), vec![("blue", 100), ("green", 0)]);
+    }
+    // A deployment named in `traffic` at 0 may be mirrored to.
+    let src =
+        format!("traffic:\n  blue: 100\n  green: 0\nmirror_traffic: {{green: 25}}\n{BLUE_GREEN}");
+    assert_eq!(
+        clean(&src).mirror,
+        Some(MirrorConfig {
+            deployment: "green".into(),
+            percent: 25,
+        })
+    );
+    // The default is none.
+    assert_eq!(clean(BLUE).mirror, None);
+}
+
+#[test]
+fn mirror_traffic_of_0_percent_is_no_mirror() {
+    let src = format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: 0\n{BLUE_GREEN}");
+    assert_eq!(clean(&src).mirror, None);
+    // An empty map too.
+    let src = format!("traffic:\n  blue: 100\nmirror_traffic: {{}}\n{BLUE_GREEN}");
+    assert_eq!(clean(&src).mirror, None);
+}
+
+#[test]
+fn mirror_traffic_to_two_deployments_is_refused() {
+    let src = "traffic:
+  blue: 100
+mirror_traffic:
+  green: 10
+  red: 5
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+  green:
+    instances: [127.0.0.1:9101]
+  red:
+    instances: [127.0.0.1:9201]
+";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            3,
+            1,
+            "mirror_traffic names more than one deployment: mirror to one at a time"
+        )]
+    );
+}
+
+#[test]
+fn mirror_percentage_out_of_range_is_refused() {
+    // Reported at the name, like an out-of-range weight.
+    for percent in [51, -1, 100] {
+        let src =
+            format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: {percent}\n{BLUE_GREEN}");
+        assert_eq!(
+            errors(&src),
+            vec![d(
+                4,
+                3,
+                &format!("mirror percentage {percent} of `green` is out of range: 0 to 50")
+            )],
+            "{percent}"
+        );
+    }
+}
+
+#[test]
+fn mirror_to_a_deployment_with_live_weight_is_refused() {
+    let src =
+        format!("traffic:\n  blue: 90\n  green: 10\nmirror_traffic:\n  green: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            5,
+            3,
+            "`green` takes 10% of live traffic: a mirror must be a deployment at 0% live weight"
+        )]
+    );
+    // Even at 0%: the file names a live deployment as its mirror.
+    let src = format!("mirror_traffic:\n  blue: 0\ntraffic:\n  blue: 100\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            3,
+            "`blue` takes 100% of live traffic: a mirror must be a deployment at 0% live weight"
+        )]
+    );
+}
+
+#[test]
+fn mirror_to_an_unknown_deployment_is_refused() {
+    let src = format!("traffic:\n  blue: 100\nmirror_traffic:\n  purple: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            4,
+            3,
+            "`mirror_traffic` names `purple`, which is not a deployment (deployments: blue, green)"
+        )]
+    );
+    // Not an error on top of the missing `deployments`.
+    assert_eq!(
+        errors("traffic:\n  blue: 100\nmirror_traffic:\n  green: 10\n"),
+        vec![d(
+            1,
+            1,
+            "`deployments` is missing: name at least one deployment with its `instances`"
+        )]
+    );
+}
+
+#[test]
+fn mirror_percentage_written_as_a_string_is_refused() {
+    // A repeated name is reported as repeated in `mirror_traffic`.
+    let src =
+        format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: 10\n  green: 10\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            5,
+            3,
+            "mirror_traffic: deployment `green` appears twice in `mirror_traffic`"
+        )]
+    );
+    // A byte-order mark at the start of a keys file is not part of the first key.
+    assert_eq!(parse_keys("\u{feff}k1\n"), vec![sha256(b"k1")]);
+    let src = format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: \"10\"\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            4,
+            10,
+            "mirror_traffic.green: mirror percentage \"10\" is a string: write mirror percentages \
+             as plain integers (10, not \"10\")"
+        )]
+    );
+    let src = format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: 2.5\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            4,
+            10,
+            "mirror_traffic.green: mirror percentage 2.5 is not an integer: mirror percentages are \
+             whole percentages from 0 to 50"
+        )]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication.
+
+/// `auth_mode: key` with this `keys_file`, then [`BLUE`]: `auth_mode` on line 2, `keys_file` on
+/// line 3.
+fn with_keys_file(keys_file: &str) -> String {
+    format!("name: x\nauth_mode: key\nkeys_file: {keys_file}\n{BLUE}")
+}
+
+/// Parses `src` as `endpoint.yaml` in `dir`, so that a relative `keys_file` resolves there.
+fn parse_in(dir: &Path, src: &str) -> Result<Loaded, ConfigError> {
+    parse_str(src, &dir.join("endpoint.yaml"))
+}
+
+/// Every error of a file of `dir` that must be refused.
+fn errors_in(dir: &Path, src: &str) -> Vec<Diagnostic> {
+    match parse_in(dir, src) {
+        Ok(l) => panic!("expected errors, the file was accepted: {:#?}", l.config),
+        Err(e) => {
+            assert_eq!(e.path, dir.join("endpoint.yaml"));
+            e.errors
+        }
+    }
+}
+
+/// A file of `dir` that must be accepted without any warning.
+fn clean_in(dir: &Path, src: &str) -> Loaded {
+    let l = parse_in(dir, src).unwrap_or_else(|e| panic!("expected a valid file, got:\n{e}"));
+    assert_eq!(l.warnings, vec![], "unexpected warnings");
+    assert_eq!(l.source, src);
+    l
+}
+
+fn keys_of(c: &EndpointConfig) -> &Keys {
+    match &c.auth {
+        Auth::Key(k) => k,
+        Auth::None => panic!("expected auth_mode key, got none"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn auth_mode_key_without_keys_file_is_refused() {
     let src = format!("name: x\nauth_mode: key\n{BLUE}");
-    assert_eq!(errors(&src), vec![d(2, 1, msg)]);
-    // With its `keys_file`, only `auth_mode` is refused.
-    let src = format!("name: x\nauth_mode: key\nkeys_file: keys.txt\n{BLUE}");
-    assert_eq!(errors(&src), vec![d(2, 1, msg)]);
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            1,
+            "auth_mode `key` needs `keys_file`: a file with one key per line"
+        )]
+    );
+}
+
+#[test]
+fn auth_mode_key_with_a_missing_keys_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.txt");
+    let why = std::fs::read_to_string(&path).expect_err("no such file");
+    assert_eq!(
+        errors_in(dir.path(), &with_keys_file("missing.txt")),
+        vec![d(
+            3,
+            1,
+            &format!("keys_file `{}` cannot be read: {why}", path.display())
+        )]
+    );
+    // A directory is not a keys file.
+    std::fs::create_dir(dir.path().join("keys.d")).unwrap();
+    let errs = errors_in(dir.path(), &with_keys_file("keys.d"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (3, 1));
+    let prefix = format!(
+        "keys_file `{}` cannot be read: ",
+        dir.path().join("keys.d").display()
+    );
+    assert!(errs[0].message.starts_with(&prefix), "{errs:?}");
+}
+
+#[test]
+fn auth_mode_key_with_a_keys_file_without_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.txt");
+    let msg = format!(
+        "keys_file `{}` holds no key (one key per line; `#` starts a comment)",
+        path.display()
+    );
+    for text in [
+        "",
+        "\n\n",
+        "   \n\t\n",
+        "# keys of the endpoint\n\n  # none yet\n",
+        "#a\r\n \r\n",
+    ] {
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            errors_in(dir.path(), &with_keys_file("keys.txt")),
+            vec![d(3, 1, &msg)],
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn auth_mode_key_reads_the_keys_as_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "# keys of the endpoint\n  s3cr3t-alpha  \n\n\ts3cr3t-beta\r\n   # old: s3cr3t-gamma\n\
+                s3cr3t-delta";
+    std::fs::write(dir.path().join("keys.txt"), text).unwrap();
+    let l = clean_in(dir.path(), &with_keys_file("keys.txt"));
+    let k = keys_of(&l.config);
+    assert_eq!(k.file, dir.path().join("keys.txt"));
+    assert_eq!(
+        k.digests,
+        vec![
+            sha256(b"s3cr3t-alpha"),
+            sha256(b"s3cr3t-beta"),
+            sha256(b"s3cr3t-delta"),
+        ]
+    );
+    assert_eq!(k.file_sha256, sha256(text.as_bytes()));
+    assert_eq!(parse_keys(text), k.digests);
+    // Everything else is as without auth.
+    assert_eq!(weights(&l.config), vec![("blue", 100)]);
+}
+
+#[test]
+fn keys_file_is_relative_to_the_endpoint_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/keys.txt"), "k1\n").unwrap();
+    let l = clean_in(dir.path(), &with_keys_file("secrets/keys.txt"));
+    let k = keys_of(&l.config);
+    assert_eq!(k.file, dir.path().join("secrets").join("keys.txt"));
+    assert_eq!(k.digests, vec![sha256(b"k1")]);
+    // Not relative to the working directory: the same file name next to another endpoint file
+    // is looked up there.
+    let other = tempfile::tempdir().unwrap();
+    let path = other.path().join("secrets/keys.txt");
+    let why = std::fs::read_to_string(&path).expect_err("no such file");
+    assert_eq!(
+        errors_in(other.path(), &with_keys_file("secrets/keys.txt")),
+        vec![d(
+            3,
+            1,
+            &format!("keys_file `{}` cannot be read: {why}", path.display())
+        )]
+    );
+    // An absolute path is used as is.
+    let abs = dir.path().join("secrets/keys.txt");
+    let l = clean_in(other.path(), &with_keys_file(&abs.display().to_string()));
+    assert_eq!(keys_of(&l.config).file, abs);
+}
+
+#[test]
+fn keys_file_with_auth_mode_aml_token_is_refused() {
+    let src = format!("auth_mode: aml_token\nkeys_file: keys.txt\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(2, 1, "`keys_file` is only used with `auth_mode: key`")]
+    );
+}
+
+#[test]
+fn debug_of_the_config_never_shows_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keys.txt"), "s3cr3t-alpha\ns3cr3t-beta\n").unwrap();
+    let l = clean_in(dir.path(), &with_keys_file("keys.txt"));
+    let k = keys_of(&l.config).clone();
+    for shown in [
+        format!("{:?}", l.config),
+        format!("{:#?}", l.config),
+        format!("{l:?}"),
+        format!("{k:?}"),
+    ] {
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains("digests"), "{shown}");
+        for digest in &k.digests {
+            assert!(!shown.contains(&hex(digest)), "{shown}");
+            assert!(!shown.contains(&format!("{:?}", &digest[..4])), "{shown}");
+        }
+    }
+    let shown = format!("{k:?}");
+    assert!(shown.contains("count: 2"), "{shown}");
+    assert!(shown.contains("keys.txt"), "{shown}");
+}
+
+#[test]
+fn fingerprint_follows_the_keys_file() {
+    // Without auth, the fingerprint is the file itself.
+    let l = valid(BLUE);
+    assert_eq!(l.fingerprint, l.source);
+    let l = valid(&format!("auth_mode: none\n{BLUE}"));
+    assert_eq!(l.fingerprint, l.source);
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.txt");
+    let src = with_keys_file("keys.txt");
+    std::fs::write(&keys, "k1\n").unwrap();
+    let a = clean_in(dir.path(), &src);
+    assert_ne!(a.fingerprint, a.source);
+    assert!(a.fingerprint.starts_with(&src), "{}", a.fingerprint);
+    assert!(!a.fingerprint.contains("k1\n"), "{}", a.fingerprint);
+    // The same files give the same fingerprint.
+    assert_eq!(clean_in(dir.path(), &src).fingerprint, a.fingerprint);
+    // Only the keys file changes: the fingerprint does, the source does not.
+    std::fs::write(&keys, "k1\nk2\n").unwrap();
+    let b = clean_in(dir.path(), &src);
+    assert_eq!(b.source, a.source);
+    assert_ne!(b.fingerprint, a.fingerprint);
+    // Even a change that keeps the same keys (a comment) is noticed.
+    std::fs::write(&keys, "# rotated\nk1\nk2\n").unwrap();
+    let c = clean_in(dir.path(), &src);
+    assert_eq!(keys_of(&c.config).digests, keys_of(&b.config).digests);
+    assert_ne!(c.fingerprint, b.fingerprint);
+    // Back to the first keys file: the first fingerprint.
+    std::fs::write(&keys, "k1\n").unwrap();
+    assert_eq!(clean_in(dir.path(), &src).fingerprint, a.fingerprint);
 }
 
 #[test]
