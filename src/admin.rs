@@ -74,37 +74,9 @@ fn counts(table: &Table) -> HashMap<String, Counts> {
     out
 }
 
-/// The `q` quantile (0–1) of the requests between two cumulative bucket snapshots, in
-/// milliseconds, interpolated within its bucket as Prometheus' `histogram_quantile` does.
+/// The `q` quantile of the requests between two cumulative bucket snapshots, in milliseconds.
 fn quantile_ms(q: f64, now: &[u64], then: &[u64]) -> Option<f64> {
-    let delta: Vec<u64> = now
-        .iter()
-        .enumerate()
-        .map(|(i, n)| n.saturating_sub(then.get(i).copied().unwrap_or(0)))
-        .collect();
-    let total = *delta.last()? as f64;
-    if total == 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    for (i, &cum) in delta.iter().enumerate() {
-        if cum as f64 >= rank {
-            let Some(&upper) = LATENCY_BUCKETS.get(i) else {
-                // In the +Inf bucket: the highest finite bound is the best answer.
-                return LATENCY_BUCKETS.last().map(|b| b * 1000.0);
-            };
-            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
-            let below = if i == 0 { 0.0 } else { delta[i - 1] as f64 };
-            let inside = cum as f64 - below;
-            let frac = if inside > 0.0 {
-                (rank - below) / inside
-            } else {
-                1.0
-            };
-            return Some((lower + (upper - lower) * frac) * 1000.0);
-        }
-    }
-    None
+    crate::metrics::quantile(q, LATENCY_BUCKETS, now, then).map(|s| s * 1000.0)
 }
 
 /// `{"NAME": percent}`, or `{}` without a mirror.

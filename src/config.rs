@@ -1260,6 +1260,145 @@ fn check_instance(s: &str) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rewriting the `traffic:` map in place: only the weights' characters change (and new entries
+// are added after the last one), so comments, order and quoting stay byte for byte.
+
+/// Why the `traffic:` map could not be rewritten.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    #[error("cannot find {0} in the file to rewrite it")]
+    NotFound(String),
+}
+
+/// Byte offset of a 1-based line and column (columns count characters).
+fn offset_of(src: &str, line: usize, column: usize) -> Option<usize> {
+    let start = if line == 1 {
+        0
+    } else {
+        src.match_indices('\n').nth(line - 2)?.0 + 1
+    };
+    let rest = &src[start..];
+    let delta = rest
+        .char_indices()
+        .nth(column - 1)
+        .map_or(rest.len(), |(i, _)| i);
+    Some(start + delta)
+}
+
+/// Returns `src` with the `traffic:` weights of `weights` set (others untouched) and validates
+/// the result as `check` does; `path` is used for messages and `keys_file`.
+pub fn rewrite_traffic(
+    src: &str,
+    path: &Path,
+    weights: &[(String, u8)],
+) -> Result<(String, Loaded), RewriteError> {
+    // The file as it is must be valid: its errors come first.
+    parse_str(src, path)?;
+    let raw = RawFile::deserialize(yaml::Deserializer::from_str(src)).map_err(|e| {
+        RewriteError::Invalid(ConfigError {
+            path: path.to_path_buf(),
+            errors: vec![yaml_diagnostic(&e)],
+        })
+    })?;
+    let present: Vec<String> = raw
+        .traffic
+        .iter()
+        .flatten()
+        .map(|(n, _)| n.clone())
+        .collect();
+    // Edits as (byte offset, bytes replaced, new text), applied from the end.
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let number_at = |off: usize| {
+        src[off..]
+            .find(|c: char| !(c.is_ascii_digit() || c == '-' || c == '+'))
+            .unwrap_or(src.len() - off)
+    };
+    for (name, w) in weights {
+        if !present.contains(name) {
+            continue;
+        }
+        let (l, c) = locate(src, &[Seg::Key("traffic"), Seg::Key(name), Seg::Value])
+            .ok_or_else(|| RewriteError::NotFound(format!("the weight of `{name}`")))?;
+        let off = offset_of(src, l, c)
+            .ok_or_else(|| RewriteError::NotFound(format!("the weight of `{name}`")))?;
+        edits.push((off, number_at(off), w.to_string()));
+    }
+    let missing: Vec<&(String, u8)> = weights
+        .iter()
+        .filter(|(n, _)| !present.contains(n))
+        .collect();
+    if !missing.is_empty() {
+        match present.last() {
+            None if raw.traffic.is_none() => {
+                let mut add = String::new();
+                if !src.ends_with('\n') {
+                    add.push('\n');
+                }
+                add.push_str("traffic:\n");
+                for (n, w) in &missing {
+                    add.push_str(&format!("  {n}: {w}\n"));
+                }
+                edits.push((src.len(), 0, add));
+            }
+            None => {
+                // `traffic: {}`: fill the flow map.
+                let (l, c) = locate(src, &[Seg::Key("traffic"), Seg::Value])
+                    .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
+                let off = offset_of(src, l, c)
+                    .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
+                let close = src[off..]
+                    .find('}')
+                    .ok_or_else(|| RewriteError::NotFound("the end of `traffic: {}`".into()))?;
+                let body: Vec<String> = missing.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+                edits.push((off + close, 0, body.join(", ")));
+            }
+            Some(last) => {
+                let (_, kc) = locate(src, &[Seg::Key("traffic"), Seg::Key(last)])
+                    .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
+                let (vl, vc) = locate(src, &[Seg::Key("traffic"), Seg::Key(last), Seg::Value])
+                    .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
+                let voff = offset_of(src, vl, vc)
+                    .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
+                let vend = voff + number_at(voff);
+                let (tl, tc) = locate(src, &[Seg::Key("traffic"), Seg::Value])
+                    .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
+                let toff = offset_of(src, tl, tc)
+                    .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
+                let text = if src[toff..].starts_with('{') {
+                    missing
+                        .iter()
+                        .map(|(n, w)| format!(", {n}: {w}"))
+                        .collect::<String>()
+                } else {
+                    let indent = " ".repeat(kc - 1);
+                    missing
+                        .iter()
+                        .map(|(n, w)| format!("\n{indent}{n}: {w}"))
+                        .collect::<String>()
+                };
+                // After the last weight, before anything else on its line (a comment stays
+                // with its entry in flow style; in block style the new lines go after it).
+                let at = if src[toff..].starts_with('{') {
+                    vend
+                } else {
+                    src[vend..].find('\n').map_or(src.len(), |i| vend + i)
+                };
+                edits.push((at, 0, text));
+            }
+        }
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut out = src.to_string();
+    for (off, len, text) in edits {
+        out.replace_range(off..off + len, &text);
+    }
+    let checked = parse_str(&out, path)?;
+    Ok((out, checked))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Locations of nodes. serde_yaml reports the position of the innermost value being read when a
 // `Deserialize` impl fails, so a seed that walks to a path and fails there yields its position.
 
@@ -1267,6 +1406,8 @@ fn check_instance(s: &str) -> Result<(), String> {
 enum Seg<'a> {
     Key(&'a str),
     Index(usize),
+    /// The value of the key before it (only last in a path).
+    Value,
 }
 
 const HERE: &str = "\u{0}scoregate-locate";
@@ -1287,7 +1428,7 @@ struct Locate<'p>(&'p [Seg<'p>]);
 impl<'de> DeserializeSeed<'de> for Locate<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.0.is_empty() {
+        if matches!(self.0, [] | [Seg::Value]) {
             // Fail inside the deserializer so the error carries this node's position.
             return d.deserialize_any(Here).map(|_| ());
         }

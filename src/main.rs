@@ -52,6 +52,69 @@ enum Command {
         /// The endpoint file.
         path: PathBuf,
     },
+    /// Show the traffic table, or set weights (`blue=90 green=10`), rewriting only the
+    /// `traffic:` map, atomically.
+    Traffic {
+        /// The endpoint file.
+        path: PathBuf,
+        /// New weights as name=weight; deployments not named keep theirs. None: show.
+        weights: Vec<String>,
+    },
+    /// Swap the deployment at 0% and the one at 100% (blue/green swap).
+    Swap {
+        /// The endpoint file.
+        path: PathBuf,
+    },
+    /// Staged canary: move traffic to a deployment step by step, judging each step by the
+    /// running proxy's metrics; roll back on a breach (exit 2).
+    Rollout {
+        /// The endpoint file the running proxy serves.
+        path: PathBuf,
+        /// The deployment that takes the traffic.
+        #[arg(long)]
+        to: String,
+        /// Its weight at each step, in percent.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+        steps: Vec<u8>,
+        /// How long each step is watched, like 60s, 2m or 500ms.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Largest share of 5xx answers of the target in a step.
+        #[arg(long, default_value_t = 0.01)]
+        max_error_rate: f64,
+        /// Largest p99 latency of the target in a step, in ms.
+        #[arg(long, default_value_t = 500.0)]
+        max_p99_ms: f64,
+        /// Fewest requests to the target in a step to judge it.
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        /// The proxy's admin URL (default: the file's admin_listen).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Ask before each step.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Send sustained load to a URL and report throughput, latency and the split.
+    Load {
+        /// The endpoint, like http://127.0.0.1:8080/score.
+        url: String,
+        /// How long, like 30s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Clients sending at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Pin every request to this deployment (x-api-version).
+        #[arg(long)]
+        pin: Option<String>,
+        /// Extra header, `name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// POST this JSON body instead of GET.
+        #[arg(long)]
+        data: Option<String>,
+    },
     /// Run one built-in scoring server.
     ScoreServer {
         /// The deployment this server belongs to (reported in every answer).
@@ -70,6 +133,24 @@ enum Command {
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         error_rate: f64,
     },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 60s or 2m: {e}"))
+}
+
+fn parse_header(h: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (k, v) = h
+        .split_once(':')
+        .ok_or_else(|| format!("`{h}` is not a header like 'x-user-id: 42'"))?;
+    Ok((
+        k.trim()
+            .parse()
+            .map_err(|_| format!("`{k}` is not a header name"))?,
+        v.trim()
+            .parse()
+            .map_err(|_| format!("`{v}` is not a header value"))?,
+    ))
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -92,6 +173,28 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn show(weights: &[(String, u8)]) -> String {
+    weights
+        .iter()
+        .map(|(n, w)| format!("{n}={w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints a command's report (stdout) or error (stderr, exit 1).
+fn finish(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Check { path } = &cli.command {
@@ -107,6 +210,28 @@ fn main() -> ExitCode {
             }
         };
     }
+    match &cli.command {
+        Command::Traffic { path, weights } => {
+            let result = if weights.is_empty() {
+                app::check(path)
+                    .map(|(report, _)| report)
+                    .map_err(|e| e.to_string())
+            } else {
+                scoregate::ops::parse_assignments(path, weights)
+                    .and_then(|a| scoregate::ops::set_weights(path, &a))
+                    .map(|w| format!("{}: traffic set: {}\n", path.display(), show(&w)))
+                    .map_err(|e| e.to_string())
+            };
+            return finish(result);
+        }
+        Command::Swap { path } => {
+            let result = scoregate::ops::swap(path)
+                .map(|w| format!("{}: swapped: {}\n", path.display(), show(&w)))
+                .map_err(|e| e.to_string());
+            return finish(result);
+        }
+        _ => {}
+    }
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -115,16 +240,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result: Result<(), AppError> = runtime.block_on(async move {
+    let result: Result<ExitCode, AppError> = runtime.block_on(async move {
         match cli.command {
             Command::Run {
                 config,
                 drain_timeout,
-            } => app::run(&config, Duration::from_secs(drain_timeout)).await,
+            } => app::run(&config, Duration::from_secs(drain_timeout))
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Demo {
                 config,
                 drain_timeout,
-            } => app::demo(config, Duration::from_secs(drain_timeout)).await,
+            } => app::demo(config, Duration::from_secs(drain_timeout))
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::ScoreServer {
                 name,
                 listen,
@@ -138,13 +267,103 @@ fn main() -> ExitCode {
                     delay: Duration::from_millis(delay_ms),
                     error_rate,
                 };
-                app::score_server(server, listen).await
+                app::score_server(server, listen)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
-            Command::Check { .. } => Ok(()),
+            Command::Rollout {
+                path,
+                to,
+                steps,
+                interval,
+                max_error_rate,
+                max_p99_ms,
+                min_requests,
+                admin,
+                confirm,
+            } => {
+                let opts = scoregate::rollout::Options {
+                    to,
+                    steps,
+                    interval,
+                    max_error_rate,
+                    max_p99_ms,
+                    min_requests,
+                    admin,
+                    confirm,
+                };
+                return Ok(match scoregate::rollout::run(&path, &opts).await {
+                    Ok(scoregate::rollout::Outcome::Completed) => ExitCode::SUCCESS,
+                    Ok(scoregate::rollout::Outcome::RolledBack(why)) => {
+                        eprintln!("rollout rolled back: {why}");
+                        ExitCode::from(2)
+                    }
+                    Ok(scoregate::rollout::Outcome::Aborted(why)) => {
+                        eprintln!("rollout stopped: {why}");
+                        ExitCode::from(1)
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::from(1)
+                    }
+                });
+            }
+            Command::Load {
+                url,
+                duration,
+                concurrency,
+                pin,
+                headers,
+                data,
+            } => {
+                let mut hs = Vec::new();
+                if let Some(p) = pin {
+                    match http::HeaderValue::from_str(&p) {
+                        Ok(v) => hs.push((http::HeaderName::from_static("x-api-version"), v)),
+                        Err(_) => {
+                            eprintln!("`{p}` is not a header value");
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+                for h in &headers {
+                    match parse_header(h) {
+                        Ok(kv) => hs.push(kv),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+                let opts = scoregate::loadgen::Options {
+                    url,
+                    duration,
+                    concurrency,
+                    headers: hs,
+                    body: data.map(bytes::Bytes::from),
+                };
+                Ok(match scoregate::loadgen::run(opts).await {
+                    Ok(report) => {
+                        print!("{}", report.text);
+                        if report.failed > 0 {
+                            ExitCode::from(1)
+                        } else {
+                            ExitCode::SUCCESS
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::from(1)
+                    }
+                })
+            }
+            Command::Check { .. } | Command::Traffic { .. } | Command::Swap { .. } => {
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(1)

@@ -44,6 +44,40 @@ impl UpstreamErrorKind {
     }
 }
 
+/// The `q` quantile (0–1), in the unit of `bounds`, of the observations between two snapshots
+/// of cumulative bucket counts (`bounds` order, then +Inf), interpolated within its bucket as
+/// Prometheus' `histogram_quantile` does. `None` without observations in between.
+pub fn quantile(q: f64, bounds: &[f64], now: &[u64], then: &[u64]) -> Option<f64> {
+    let delta: Vec<u64> = now
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.saturating_sub(then.get(i).copied().unwrap_or(0)))
+        .collect();
+    let total = *delta.last()? as f64;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    for (i, &cum) in delta.iter().enumerate() {
+        if cum as f64 >= rank {
+            let Some(&upper) = bounds.get(i) else {
+                // In the +Inf bucket: the highest finite bound is the best answer.
+                return bounds.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let below = if i == 0 { 0.0 } else { delta[i - 1] as f64 };
+            let inside = cum as f64 - below;
+            let frac = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return Some(lower + (upper - lower) * frac);
+        }
+    }
+    None
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,

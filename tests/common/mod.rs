@@ -799,11 +799,18 @@ impl Load {
     /// answered by `deployment`.
     pub async fn assert_only_after(&self, deployment: &str, t: std::time::Instant) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let samples = self.samples.lock().unwrap();
-        let from = samples
-            .partition_point(|s| s.finished < t)
-            .saturating_sub(256);
-        let after: Vec<&Sample> = samples[from..].iter().filter(|s| s.started > t).collect();
+        let after: Vec<Sample> = {
+            // Released before asserting, so that a failure does not poison the load's lock.
+            let samples = self.samples.lock().unwrap();
+            let from = samples
+                .partition_point(|s| s.finished < t)
+                .saturating_sub(256);
+            samples[from..]
+                .iter()
+                .filter(|s| s.started > t)
+                .cloned()
+                .collect()
+        };
         assert!(!after.is_empty(), "the load stalled");
         let wrong: Vec<_> = after
             .iter()

@@ -1,0 +1,437 @@
+//! `scoregate rollout`: a staged canary driven from outside the data path. Each step rewrites
+//! the endpoint file's weights (`ops`), waits for the running proxy to apply them (admin
+//! `/config`), watches the step's window through the admin `/metrics` and judges the target
+//! deployment's 5xx ratio and p99 latency from counter and histogram deltas. A breach, a window
+//! with too little traffic, a "no" at `--confirm` or Ctrl-C restores the weights from before the
+//! rollout.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config;
+use crate::metrics::quantile;
+use crate::ops::{self, OpsError};
+
+/// What `rollout` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The deployment that takes the traffic.
+    pub to: String,
+    /// Its weight at each step, in percent. Default 10, 50, 100.
+    pub steps: Vec<u8>,
+    /// How long each step is watched. Default 60 s.
+    pub interval: Duration,
+    /// Largest 5xx share of the target's requests in a window. Default 0.01.
+    pub max_error_rate: f64,
+    /// Largest p99 latency of the target in a window, ms. Default 500.
+    pub max_p99_ms: f64,
+    /// Fewest requests to the target in a window to judge it. Default 20.
+    pub min_requests: u64,
+    /// The proxy's admin URL. Default: the file's `admin_listen`.
+    pub admin: Option<String>,
+    /// Ask before each step.
+    pub confirm: bool,
+}
+
+/// How a rollout ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Every step passed.
+    Completed,
+    /// A step failed its checks; the original weights are back.
+    RolledBack(String),
+    /// Stopped by the operator (a "no" or Ctrl-C); the original weights are back.
+    Aborted(String),
+}
+
+/// A rollout that could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{0}")]
+    Ops(#[from] OpsError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One scrape of the target's numbers.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    requests: u64,
+    errors: u64,
+    /// (le, cumulative count), le ascending, +Inf last as f64::INFINITY.
+    buckets: Vec<(f64, u64)>,
+}
+
+/// Label values of one sample line, and its value.
+fn parse_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let (name, labels) = match head.split_once('{') {
+        Some((n, rest)) => (n, rest.strip_suffix('}')?),
+        None => (head, ""),
+    };
+    let mut map = BTreeMap::new();
+    for pair in labels.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=')?;
+        map.insert(k, v.trim_matches('"'));
+    }
+    Some((name, map, value))
+}
+
+/// The target's requests, 5xx answers and latency buckets in a `/metrics` text.
+fn sample(text: &str, deployment: &str) -> Sample {
+    let mut s = Sample::default();
+    for line in text.lines().filter(|l| l.starts_with("scoregate_")) {
+        let Some((name, labels, value)) = parse_line(line) else {
+            continue;
+        };
+        if labels.get("deployment") != Some(&deployment) {
+            continue;
+        }
+        match name {
+            "scoregate_requests_total" => {
+                s.requests += value as u64;
+                if labels.get("code").is_some_and(|c| c.starts_with('5')) {
+                    s.errors += value as u64;
+                }
+            }
+            "scoregate_request_duration_seconds_bucket" => {
+                let le = match labels.get("le") {
+                    Some(&"+Inf") => f64::INFINITY,
+                    Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                    None => continue,
+                };
+                s.buckets.push((le, value as u64));
+            }
+            _ => {}
+        }
+    }
+    s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    s
+}
+
+/// The window between two samples: requests, error ratio, p99 in ms.
+fn window(then: &Sample, now: &Sample) -> (u64, f64, Option<f64>) {
+    let n = now.requests.saturating_sub(then.requests);
+    let e = now.errors.saturating_sub(then.errors);
+    let ratio = if n == 0 { 0.0 } else { e as f64 / n as f64 };
+    let bounds: Vec<f64> = now
+        .buckets
+        .iter()
+        .map(|b| b.0)
+        .filter(|b| b.is_finite())
+        .collect();
+    let counts = |s: &Sample| -> Vec<u64> {
+        now.buckets
+            .iter()
+            .map(|(le, _)| {
+                s.buckets
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0, |(_, c)| *c)
+            })
+            .collect()
+    };
+    let p99 = quantile(0.99, &bounds, &counts(now), &counts(then)).map(|s| s * 1000.0);
+    (n, ratio, p99)
+}
+
+struct Admin {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+}
+
+impl Admin {
+    async fn get(&self, path: &str) -> Result<String, String> {
+        let url = format!("{}{path}", self.base);
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("bad admin URL {url}: {e}"))?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.get(uri))
+            .await
+            .map_err(|_| format!("{url} did not answer within 5 s"))?
+            .map_err(|e| format!("cannot reach {url}: {}", crate::upstream::describe(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The live traffic map of the proxy, from `/config`.
+    async fn traffic(&self) -> Result<Vec<(String, u8)>, String> {
+        let text = self.get("/config").await?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let mut out: Vec<(String, u8)> = v["traffic"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, w)| (k.clone(), w.as_u64().unwrap_or(0) as u8))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn show(weights: &[(String, u8)]) -> String {
+    weights
+        .iter()
+        .map(|(n, w)| format!("{n}={w}%"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fmt_p99(p: Option<f64>) -> String {
+    p.map_or("–".into(), |p| format!("{p:.0} ms"))
+}
+
+/// Puts the weights from before the rollout back: the file's exact earlier text when nobody
+/// else changed it meanwhile, else the earlier weights.
+fn restore(
+    path: &Path,
+    original: &str,
+    written: &Option<String>,
+    weights: &[(String, u8)],
+) -> Result<(), OpsError> {
+    let now = std::fs::read_to_string(path).unwrap_or_default();
+    if written.as_deref() == Some(now.as_str()) || now == original {
+        if now != original {
+            ops::write_atomically(path, original.as_bytes())?;
+        }
+        Ok(())
+    } else {
+        ops::set_weights(path, weights).map(|_| ())
+    }
+}
+
+/// Runs the rollout, printing progress on stdout.
+pub async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutError> {
+    let loaded = config::load_file(path).map_err(OpsError::from)?;
+    let cfg = &loaded.config;
+    if !cfg.deployments.iter().any(|d| d.name == opts.to) {
+        let known: Vec<&str> = cfg.deployments.iter().map(|d| d.name.as_str()).collect();
+        return Err(RolloutError::Setup(format!(
+            "{}: `{}` is not a deployment (deployments: {})",
+            path.display(),
+            opts.to,
+            known.join(", ")
+        )));
+    }
+    if opts.steps.is_empty() || opts.steps.iter().any(|s| *s > 100) {
+        return Err(RolloutError::Setup(
+            "--steps must be percentages from 0 to 100, like 10,50,100".into(),
+        ));
+    }
+    let original_text = std::fs::read_to_string(path)
+        .map_err(|e| RolloutError::Setup(format!("{}: {e}", path.display())))?;
+    let original = ops::weights(cfg);
+    let base = opts.admin.clone().unwrap_or_else(|| {
+        let a = cfg.admin_listen;
+        if a.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", a.port())
+        } else {
+            format!("http://{a}")
+        }
+    });
+    let admin = Admin {
+        base: base.trim_end_matches('/').to_string(),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    admin
+        .get("/metrics")
+        .await
+        .map_err(|e| RolloutError::Setup(format!("the proxy's admin listener is not reachable: {e} (is `scoregate run` serving this file? set --admin)")))?;
+    println!(
+        "rollout of {} on {}: steps {:?}, {} s each; checks: 5xx ratio <= {}%, p99 <= {} ms, at least {} requests per step",
+        opts.to,
+        path.display(),
+        opts.steps,
+        opts.interval.as_secs_f64(),
+        opts.max_error_rate * 100.0,
+        opts.max_p99_ms,
+        opts.min_requests
+    );
+    println!("start: {}", show(&original));
+    let tty = std::io::stdout().is_terminal();
+    let mut written: Option<String> = None;
+    let mut current = original.clone();
+    let total = opts.steps.len();
+    let abort = |reason: String, written: &Option<String>| -> Result<Outcome, RolloutError> {
+        restore(path, &original_text, written, &original)?;
+        println!("restored {}", show(&original));
+        Ok(Outcome::Aborted(reason))
+    };
+    for (i, &pct) in opts.steps.iter().enumerate() {
+        let next = ops::step_weights(&current, &opts.to, pct);
+        if opts.confirm {
+            print!("step {}/{total}: set {}? [y/N] ", i + 1, show(&next));
+            let _ = std::io::stdout().flush();
+            let answer = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            });
+            let answer = tokio::select! {
+                a = answer => a.ok().and_then(Result::ok).unwrap_or_default(),
+                _ = tokio::signal::ctrl_c() => return abort("interrupted".into(), &written),
+            };
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                return abort(format!("step {} not confirmed", i + 1), &written);
+            }
+        }
+        let applied = ops::set_weights(path, &next)?;
+        written = std::fs::read_to_string(path).ok();
+        current = applied;
+        println!("step {}/{total}: {}", i + 1, show(&current));
+        // Wait for the proxy to serve the new weights.
+        let mut want = current.clone();
+        want.sort();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match admin.traffic().await {
+                Ok(t) if t == want => break,
+                _ if Instant::now() > deadline => {
+                    restore(path, &original_text, &written, &original)?;
+                    return Ok(Outcome::RolledBack(format!(
+                        "step {}: the proxy at {} did not apply the new weights within 10 s (is it serving {}?); restored {}",
+                        i + 1,
+                        admin.base,
+                        path.display(),
+                        show(&original)
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
+        let start = sample(&start_text, &opts.to);
+        let began = Instant::now();
+        let mut last_print = Instant::now() - Duration::from_secs(60);
+        loop {
+            let elapsed = began.elapsed();
+            if elapsed >= opts.interval {
+                break;
+            }
+            let wait = (opts.interval - elapsed).min(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    println!();
+                    return abort("interrupted".into(), &written);
+                }
+            }
+            let every = if tty {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(5)
+            };
+            if last_print.elapsed() >= every {
+                if let Ok(text) = admin.get("/metrics").await {
+                    let (n, ratio, p99) = window(&start, &sample(&text, &opts.to));
+                    let left = opts.interval.saturating_sub(began.elapsed()).as_secs();
+                    let line = format!(
+                        "  step {}/{total} {} | {left:>3} s left | {}: {n} requests, 5xx {:.1}%, p99 {}",
+                        i + 1,
+                        show(&current),
+                        opts.to,
+                        ratio * 100.0,
+                        fmt_p99(p99)
+                    );
+                    if tty {
+                        print!("\r{line}   ");
+                        let _ = std::io::stdout().flush();
+                    } else {
+                        println!("{line}");
+                    }
+                }
+                last_print = Instant::now();
+            }
+        }
+        if tty {
+            println!();
+        }
+        let end_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
+        let (n, ratio, p99) = window(&start, &sample(&end_text, &opts.to));
+        let breach = if n < opts.min_requests {
+            Some(format!(
+                "not enough traffic to judge: {n} requests to {} in {} s (need at least {})",
+                opts.to,
+                opts.interval.as_secs_f64(),
+                opts.min_requests
+            ))
+        } else if ratio > opts.max_error_rate {
+            Some(format!(
+                "5xx ratio {:.1}% of {n} requests to {} is above the limit of {}%",
+                ratio * 100.0,
+                opts.to,
+                opts.max_error_rate * 100.0
+            ))
+        } else if p99.is_some_and(|p| p > opts.max_p99_ms) {
+            Some(format!(
+                "p99 latency {} of {} is above the limit of {} ms",
+                fmt_p99(p99),
+                opts.to,
+                opts.max_p99_ms
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = breach {
+            restore(path, &original_text, &written, &original)?;
+            println!("step {}/{total} FAILED: {reason}", i + 1);
+            println!("rolled back: {}", show(&original));
+            return Ok(Outcome::RolledBack(format!("step {}: {reason}", i + 1)));
+        }
+        println!(
+            "step {}/{total} passed: {n} requests to {}, 5xx {:.2}%, p99 {}",
+            i + 1,
+            opts.to,
+            ratio * 100.0,
+            fmt_p99(p99)
+        );
+    }
+    println!("rollout complete: {}", show(&current));
+    Ok(Outcome::Completed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# HELP x
+scoregate_requests_total{code="200",deployment="green",pinned="false"} 90
+scoregate_requests_total{code="503",deployment="green",pinned="false"} 10
+scoregate_requests_total{code="200",deployment="blue",pinned="false"} 1000
+scoregate_request_duration_seconds_bucket{deployment="green",le="0.1"} 50
+scoregate_request_duration_seconds_bucket{deployment="green",le="1"} 100
+scoregate_request_duration_seconds_bucket{deployment="green",le="+Inf"} 100
+"#;
+
+    #[test]
+    fn samples_and_windows_from_metrics_text() {
+        let s = sample(TEXT, "green");
+        assert_eq!((s.requests, s.errors), (100, 10));
+        assert_eq!(s.buckets.len(), 3);
+        let (n, ratio, p99) = window(&Sample::default(), &s);
+        assert_eq!(n, 100);
+        assert!((ratio - 0.1).abs() < 1e-9);
+        // 99th of 100: in (0.1, 1], 49/50 of the way.
+        assert!((p99.unwrap() - 982.0).abs() < 1e-6, "{p99:?}");
+        let (n, _, p99) = window(&s, &s);
+        assert_eq!((n, p99), (0, None));
+    }
+}
