@@ -173,14 +173,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn show(weights: &[(String, u8)]) -> String {
-    weights
-        .iter()
-        .map(|(n, w)| format!("{n}={w}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Prints a command's report (stdout) or error (stderr, exit 1).
 fn finish(result: Result<String, String>) -> ExitCode {
     match result {
@@ -219,14 +211,26 @@ fn main() -> ExitCode {
             } else {
                 scoregate::ops::parse_assignments(path, weights)
                     .and_then(|a| scoregate::ops::set_weights(path, &a))
-                    .map(|w| format!("{}: traffic set: {}\n", path.display(), show(&w)))
+                    .map(|w| {
+                        format!(
+                            "{}: traffic set: {}\n",
+                            path.display(),
+                            scoregate::ops::show(&w, "")
+                        )
+                    })
                     .map_err(|e| e.to_string())
             };
             return finish(result);
         }
         Command::Swap { path } => {
             let result = scoregate::ops::swap(path)
-                .map(|w| format!("{}: swapped: {}\n", path.display(), show(&w)))
+                .map(|w| {
+                    format!(
+                        "{}: swapped: {}\n",
+                        path.display(),
+                        scoregate::ops::show(&w, "")
+                    )
+                })
                 .map_err(|e| e.to_string());
             return finish(result);
         }

@@ -32,6 +32,15 @@ pub fn weights(cfg: &EndpointConfig) -> Vec<(String, u8)> {
         .collect()
 }
 
+/// `blue=90 green=10` (with `unit` after each number, like `%`).
+pub fn show(weights: &[(String, u8)], unit: &str) -> String {
+    weights
+        .iter()
+        .map(|(n, w)| format!("{n}={w}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Parses `name=weight` arguments.
 pub fn parse_assignments(path: &Path, args: &[String]) -> Result<Vec<(String, u8)>, OpsError> {
     args.iter()

@@ -189,11 +189,7 @@ impl Admin {
 }
 
 fn show(weights: &[(String, u8)]) -> String {
-    weights
-        .iter()
-        .map(|(n, w)| format!("{n}={w}%"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    ops::show(weights, "%")
 }
 
 fn fmt_p99(p: Option<f64>) -> String {
