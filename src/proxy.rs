@@ -45,16 +45,12 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error becomes a JSON answer.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        remote: SocketAddr,
-    ) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
         let start = Instant::now();
         // The request keeps this table until it ends, whatever reloads happen meanwhile.
         let table = self.table.load_full();
         let pinned = req.headers().contains_key(&table.pin_header);
-        match self.forward(&table, req, remote).await {
+        match self.forward(&table, req, peer).await {
             Ok((resp, index)) => {
                 table.deployments[index].metrics.request(
                     resp.status().as_u16(),
@@ -79,7 +75,7 @@ impl Proxy {
         &self,
         table: &Arc<Table>,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        peer: &Peer,
     ) -> Result<(Response<ResponseBody>, usize), (ProxyError, Option<usize>)> {
         let limit = table.max_request_body_bytes;
         if let Some(keys) = &table.keys
@@ -103,7 +99,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::EXPECT);
-        append_forwarded_for(&mut parts.headers, remote);
+        append_forwarded_for(&mut parts.headers, peer);
         if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(slot.instance.authority.as_str())
         {
@@ -252,23 +248,37 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The connecting client, resolved once per connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client's IP as a header value, for `x-forwarded-for`.
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { addr, ip }
+    }
+}
+
 /// Appends the client's address to `x-forwarded-for` (joining earlier values, as Envoy does).
-fn append_forwarded_for(headers: &mut http::HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
-    let value = if headers.contains_key(&X_FORWARDED_FOR) {
-        let mut joined = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        joined.push_str(", ");
-        joined.push_str(&ip);
-        joined
-    } else {
-        ip
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+fn append_forwarded_for(headers: &mut http::HeaderMap, peer: &Peer) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+        return;
+    }
+    let mut joined = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    joined.push_str(", ");
+    joined.push_str(peer.ip.to_str().unwrap_or(""));
+    if let Ok(v) = HeaderValue::from_str(&joined) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -316,11 +326,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let peer = Peer::new(remote);
         let conn = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+                let (proxy, peer) = (proxy.clone(), peer.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
             }),
         );
         let conn = graceful.watch(conn);

@@ -444,7 +444,7 @@ impl Drop for UpstreamBody {
 
 /// The body sent to the client: an instance's streamed answer, or a small body scoregate wrote.
 pub enum ResponseBody {
-    Upstream(Box<UpstreamBody>),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -463,13 +463,13 @@ impl ResponseBody {
     }
 
     pub fn upstream(body: Incoming, slot: Slot, conn: Conn, idle: Duration) -> Self {
-        ResponseBody::Upstream(Box::new(UpstreamBody {
+        ResponseBody::Upstream(UpstreamBody {
             body,
             slot: Some(slot),
             conn: Some(conn),
             idle,
             timer: None,
-        }))
+        })
     }
 }
 
@@ -573,6 +573,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of them.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
