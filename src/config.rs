@@ -254,6 +254,8 @@ pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
         path: path.to_path_buf(),
         errors,
     };
+    // A byte-order mark is not content (editors on Windows write one).
+    let src = src.strip_prefix('\u{feff}').unwrap_or(src);
     if src.trim().is_empty() {
         return Err(fail(vec![Diagnostic {
             line: 1,
@@ -1294,6 +1296,11 @@ pub fn rewrite_traffic(
     path: &Path,
     weights: &[(String, u8)],
 ) -> Result<(String, Loaded), RewriteError> {
+    // A byte-order mark stays where it is, outside what the parser sees.
+    let (bom, src) = match src.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", src),
+    };
     // The file as it is must be valid: its errors come first.
     parse_str(src, path)?;
     let raw = RawFile::deserialize(yaml::Deserializer::from_str(src)).map_err(|e| {
@@ -1395,7 +1402,7 @@ pub fn rewrite_traffic(
         out.replace_range(off..off + len, &text);
     }
     let checked = parse_str(&out, path)?;
-    Ok((out, checked))
+    Ok((format!("{bom}{out}"), checked))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -173,11 +173,10 @@ async fn copy(
         return;
     };
     let dep = &table.deployments[mirror.index];
-    let Some(i) = dep.pick_instance(&mut rand::rng(), None) else {
+    let Some(slot) = dep.try_copy_slot() else {
         mirror.dropped.inc();
         return;
     };
-    let slot = dep.slot(i);
     let req = Request::from_parts(head, RequestBody::copy(body));
     let exchange = async {
         let (resp, conn) =

@@ -43,6 +43,16 @@ pub fn show(weights: &[(String, u8)], unit: &str) -> String {
 
 /// Parses `name=weight` arguments.
 pub fn parse_assignments(path: &Path, args: &[String]) -> Result<Vec<(String, u8)>, OpsError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for a in args {
+        let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
+        if !seen.insert(name) {
+            return Err(OpsError::Refused {
+                path: path.to_path_buf(),
+                message: format!("`{name}` is named twice"),
+            });
+        }
+    }
     args.iter()
         .map(|a| {
             let refuse = |message: String| OpsError::Refused {
@@ -158,34 +168,44 @@ pub fn swap(path: &Path) -> Result<Vec<(String, u8)>, OpsError> {
     set_weights(path, &[(a.0.clone(), b.1), (b.0.clone(), a.1)])
 }
 
-/// The weights with `name` at `percent`: the others share the rest in proportion to their
-/// current weights (equally if they are all 0), the rounding remainder going to the largest.
+/// The weights with `name` at `percent`: what `name` gains is taken from the others in
+/// proportion to their weights (what it loses is given to them likewise, equally if they are
+/// all at 0); the rounding remainder is taken from (or given to) the largest.
 pub fn step_weights(current: &[(String, u8)], name: &str, percent: u8) -> Vec<(String, u8)> {
-    let others: Vec<&(String, u8)> = current.iter().filter(|(n, _)| n != name).collect();
-    let rest = u32::from(100 - percent.min(100));
-    let base: u32 = others.iter().map(|(_, w)| u32::from(*w)).sum();
-    let mut out: Vec<(String, u8)> = Vec::with_capacity(current.len());
-    let mut given = 0u32;
-    for (n, w) in &others {
-        let share = (rest * u32::from(*w))
+    let percent = percent.min(100);
+    let old = current
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, w)| *w);
+    let others: Vec<usize> = (0..current.len())
+        .filter(|&i| current[i].0 != name)
+        .collect();
+    let mut out: Vec<(String, u8)> = current.to_vec();
+    if let Some(i) = out.iter().position(|(n, _)| n == name) {
+        out[i].1 = percent;
+    }
+    if others.is_empty() {
+        return out;
+    }
+    let base: i64 = others.iter().map(|&i| i64::from(current[i].1)).sum();
+    // Positive: taken from the others; negative: given to them.
+    let delta = i64::from(percent) - i64::from(old);
+    let mut moved = 0i64;
+    for &i in &others {
+        let part = (delta * i64::from(current[i].1))
             .checked_div(base)
-            .unwrap_or(rest / others.len() as u32);
-        given += share;
-        out.push((n.clone(), share as u8));
+            .unwrap_or(delta / others.len() as i64);
+        out[i].1 = (i64::from(current[i].1) - part).clamp(0, 100) as u8;
+        moved += part;
     }
-    // The remainder to the largest share (the first of equals).
-    if let Some(i) = (0..out.len()).max_by_key(|&i| (out[i].1, std::cmp::Reverse(i))) {
-        out[i].1 += (rest - given) as u8;
-    }
-    out.push((name.to_string(), percent));
-    // Keep the file's order.
-    let mut ordered = Vec::with_capacity(current.len());
-    for (n, _) in current {
-        if let Some(x) = out.iter().find(|(m, _)| m == n) {
-            ordered.push(x.clone());
-        }
-    }
-    ordered
+    // The remainder from (or to) the largest of the others.
+    let largest = others
+        .iter()
+        .copied()
+        .max_by_key(|&i| (out[i].1, std::cmp::Reverse(i)))
+        .unwrap_or(others[0]);
+    out[largest].1 = (i64::from(out[largest].1) - (delta - moved)).clamp(0, 100) as u8;
+    out
 }
 
 #[cfg(test)]
@@ -206,10 +226,15 @@ mod tests {
             step_weights(&w(&[("blue", 60), ("red", 40), ("green", 0)]), "green", 50),
             w(&[("blue", 30), ("red", 20), ("green", 50)])
         );
-        // 67 split 2:1 is 44.67 / 22.33: the remainder goes to the largest.
+        // Green gains 23: 15.33 from blue, 7.67 from red; the remainder from the largest.
         assert_eq!(
             step_weights(&w(&[("blue", 60), ("red", 30), ("green", 10)]), "green", 33),
-            w(&[("blue", 45), ("red", 22), ("green", 33)])
+            w(&[("blue", 44), ("red", 23), ("green", 33)])
+        );
+        // Going down gives back in proportion.
+        assert_eq!(
+            step_weights(&w(&[("blue", 30), ("red", 20), ("green", 50)]), "green", 0),
+            w(&[("blue", 60), ("red", 40), ("green", 0)])
         );
         assert_eq!(
             step_weights(&w(&[("blue", 0), ("red", 0), ("green", 100)]), "green", 50),

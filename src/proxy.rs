@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -119,8 +120,14 @@ impl Proxy {
             let roll = rand::rng().random_range(0..100u8);
             self.mirroring.start(table, &parts, body.size_hint(), roll)
         };
-        let mut upstream_req =
-            Request::from_parts(parts, RequestBody::new(body, limit).with_tee(tee));
+        // A timeout while the client is still sending its body is not the instance's fault.
+        let sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let mut upstream_req = Request::from_parts(
+            parts,
+            RequestBody::new(body, limit)
+                .with_tee(tee)
+                .with_sent_flag(sent.clone()),
+        );
 
         let timeout = dep.settings.request_timeout;
         let timeout_ms = timeout.as_millis() as u64;
@@ -180,7 +187,9 @@ impl Proxy {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(at(e)),
             Err(_) => {
-                current.record_failure();
+                if sent.is_none_or(|s| s.load(Ordering::Relaxed)) {
+                    current.record_failure();
+                }
                 tracing::warn!(
                     deployment = %dep.name,
                     instance = %current.addr,

@@ -19,6 +19,8 @@ use crate::routing::Table;
 /// Quiet time after the last file event before the file is read (writers often take several
 /// system calls to replace a file).
 pub const SETTLE: Duration = Duration::from_millis(100);
+/// Longest settle, however busy the directory is.
+pub const MAX_SETTLE: Duration = Duration::from_millis(500);
 /// How often the file's content is checked even without events (a missed event, a watcher
 /// that died, a symlink whose target lives elsewhere).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -275,8 +277,15 @@ pub async fn watch(loader: Arc<Loader>) {
             _ = recv_hup(&mut hup) => Trigger::Signal,
         };
         if trigger == Trigger::Event {
-            // Settle: wait until the directory has been quiet for SETTLE.
-            while let Ok(Some(_)) = tokio::time::timeout(SETTLE, rx.recv()).await {}
+            // Settle: wait until the directory has been quiet for SETTLE, but no longer than
+            // MAX_SETTLE (a directory written to all the time must not hold reloads back).
+            let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+            while tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout(SETTLE, rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
         }
         let l = loader.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || l.reload(trigger)).await {

@@ -263,145 +263,164 @@ pub async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutError> {
         opts.min_requests
     );
     println!("start: {}", show(&original));
-    let tty = std::io::stdout().is_terminal();
-    let mut written: Option<String> = None;
-    let mut current = original.clone();
-    let total = opts.steps.len();
-    let abort = |reason: String, written: &Option<String>| -> Result<Outcome, RolloutError> {
-        restore(path, &original_text, written, &original)?;
-        println!("restored {}", show(&original));
-        Ok(Outcome::Aborted(reason))
-    };
-    for (i, &pct) in opts.steps.iter().enumerate() {
-        let next = ops::step_weights(&current, &opts.to, pct);
-        if opts.confirm {
-            print!("step {}/{total}: set {}? [y/N] ", i + 1, show(&next));
-            let _ = std::io::stdout().flush();
-            let answer = tokio::task::spawn_blocking(|| {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map(|_| line)
-            });
-            let answer = tokio::select! {
-                a = answer => a.ok().and_then(Result::ok).unwrap_or_default(),
-                _ = tokio::signal::ctrl_c() => return abort("interrupted".into(), &written),
-            };
-            if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                return abort(format!("step {} not confirmed", i + 1), &written);
-            }
-        }
-        let applied = ops::set_weights(path, &next)?;
-        written = std::fs::read_to_string(path).ok();
-        current = applied;
-        println!("step {}/{total}: {}", i + 1, show(&current));
-        // Wait for the proxy to serve the new weights.
-        let mut want = current.clone();
-        want.sort();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match admin.traffic().await {
-                Ok(t) if t == want => break,
-                _ if Instant::now() > deadline => {
-                    restore(path, &original_text, &written, &original)?;
-                    return Ok(Outcome::RolledBack(format!(
-                        "step {}: the proxy at {} did not apply the new weights within 10 s (is it serving {}?); restored {}",
-                        i + 1,
-                        admin.base,
-                        path.display(),
-                        show(&original)
-                    )));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
-        let start = sample(&start_text, &opts.to);
-        let began = Instant::now();
-        let mut last_print = Instant::now() - Duration::from_secs(60);
-        loop {
-            let elapsed = began.elapsed();
-            if elapsed >= opts.interval {
-                break;
-            }
-            let wait = (opts.interval - elapsed).min(Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    println!();
-                    return abort("interrupted".into(), &written);
+    let written_cell = std::cell::RefCell::new(None::<String>);
+    let result: Result<Outcome, RolloutError> = async {
+        let tty = std::io::stdout().is_terminal();
+        let written = &written_cell;
+        let mut current = original.clone();
+        let total = opts.steps.len();
+        let abort = |reason: String, written: &Option<String>| -> Result<Outcome, RolloutError> {
+            restore(path, &original_text, written, &original)?;
+            println!("restored {}", show(&original));
+            Ok(Outcome::Aborted(reason))
+        };
+        for (i, &pct) in opts.steps.iter().enumerate() {
+            let next = ops::step_weights(&current, &opts.to, pct);
+            if opts.confirm {
+                print!("step {}/{total}: set {}? [y/N] ", i + 1, show(&next));
+                let _ = std::io::stdout().flush();
+                let answer = tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map(|_| line)
+                });
+                let answer = tokio::select! {
+                    a = answer => a.ok().and_then(Result::ok).unwrap_or_default(),
+                    _ = tokio::signal::ctrl_c() => return abort("interrupted".into(), &written.borrow()),
+                };
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return abort(format!("step {} not confirmed", i + 1), &written.borrow());
                 }
             }
-            let every = if tty {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_secs(5)
-            };
-            if last_print.elapsed() >= every {
-                if let Ok(text) = admin.get("/metrics").await {
-                    let (n, ratio, p99) = window(&start, &sample(&text, &opts.to));
-                    let left = opts.interval.saturating_sub(began.elapsed()).as_secs();
-                    let line = format!(
-                        "  step {}/{total} {} | {left:>3} s left | {}: {n} requests, 5xx {:.1}%, p99 {}",
-                        i + 1,
-                        show(&current),
-                        opts.to,
-                        ratio * 100.0,
-                        fmt_p99(p99)
-                    );
-                    if tty {
-                        print!("\r{line}   ");
-                        let _ = std::io::stdout().flush();
-                    } else {
-                        println!("{line}");
+            let applied = ops::set_weights(path, &next)?;
+            *written.borrow_mut() = std::fs::read_to_string(path).ok();
+            current = applied;
+            println!("step {}/{total}: {}", i + 1, show(&current));
+            // Wait for the proxy to serve the new weights.
+            let mut want = current.clone();
+            want.sort();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match admin.traffic().await {
+                    Ok(t) if t == want => break,
+                    _ if Instant::now() > deadline => {
+                        restore(path, &original_text, &written.borrow(), &original)?;
+                        return Ok(Outcome::RolledBack(format!(
+                            "step {}: the proxy at {} did not apply the new weights within 10 s (is it serving {}?); restored {}",
+                            i + 1,
+                            admin.base,
+                            path.display(),
+                            show(&original)
+                        )));
+                    }
+                    _ => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                                _ = tokio::signal::ctrl_c() => {
+                                    return abort("interrupted".into(), &written.borrow());
+                                }
+                            }
+                        }
+                }
+            }
+            let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
+            let start = sample(&start_text, &opts.to);
+            let began = Instant::now();
+            let mut last_print = Instant::now() - Duration::from_secs(60);
+            loop {
+                let elapsed = began.elapsed();
+                if elapsed >= opts.interval {
+                    break;
+                }
+                let wait = (opts.interval - elapsed).min(Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::signal::ctrl_c() => {
+                        println!();
+                        return abort("interrupted".into(), &written.borrow());
                     }
                 }
-                last_print = Instant::now();
+                let every = if tty {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_secs(5)
+                };
+                if last_print.elapsed() >= every {
+                    if let Ok(text) = admin.get("/metrics").await {
+                        let (n, ratio, p99) = window(&start, &sample(&text, &opts.to));
+                        let left = opts.interval.saturating_sub(began.elapsed()).as_secs();
+                        let line = format!(
+                            "  step {}/{total} {} | {left:>3} s left | {}: {n} requests, 5xx {:.1}%, p99 {}",
+                            i + 1,
+                            show(&current),
+                            opts.to,
+                            ratio * 100.0,
+                            fmt_p99(p99)
+                        );
+                        if tty {
+                            print!("\r{line}   ");
+                            let _ = std::io::stdout().flush();
+                        } else {
+                            println!("{line}");
+                        }
+                    }
+                    last_print = Instant::now();
+                }
             }
-        }
-        if tty {
-            println!();
-        }
-        let end_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
-        let (n, ratio, p99) = window(&start, &sample(&end_text, &opts.to));
-        let breach = if n < opts.min_requests {
-            Some(format!(
-                "not enough traffic to judge: {n} requests to {} in {} s (need at least {})",
+            if tty {
+                println!();
+            }
+            let end_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
+            let (n, ratio, p99) = window(&start, &sample(&end_text, &opts.to));
+            let breach = if n < opts.min_requests {
+                Some(format!(
+                    "not enough traffic to judge: {n} requests to {} in {} s (need at least {})",
+                    opts.to,
+                    opts.interval.as_secs_f64(),
+                    opts.min_requests
+                ))
+            } else if ratio > opts.max_error_rate {
+                Some(format!(
+                    "5xx ratio {:.1}% of {n} requests to {} is above the limit of {}%",
+                    ratio * 100.0,
+                    opts.to,
+                    opts.max_error_rate * 100.0
+                ))
+            } else if p99.is_some_and(|p| p > opts.max_p99_ms) {
+                Some(format!(
+                    "p99 latency {} of {} is above the limit of {} ms",
+                    fmt_p99(p99),
+                    opts.to,
+                    opts.max_p99_ms
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = breach {
+                restore(path, &original_text, &written.borrow(), &original)?;
+                println!("step {}/{total} FAILED: {reason}", i + 1);
+                println!("rolled back: {}", show(&original));
+                return Ok(Outcome::RolledBack(format!("step {}: {reason}", i + 1)));
+            }
+            println!(
+                "step {}/{total} passed: {n} requests to {}, 5xx {:.2}%, p99 {}",
+                i + 1,
                 opts.to,
-                opts.interval.as_secs_f64(),
-                opts.min_requests
-            ))
-        } else if ratio > opts.max_error_rate {
-            Some(format!(
-                "5xx ratio {:.1}% of {n} requests to {} is above the limit of {}%",
                 ratio * 100.0,
-                opts.to,
-                opts.max_error_rate * 100.0
-            ))
-        } else if p99.is_some_and(|p| p > opts.max_p99_ms) {
-            Some(format!(
-                "p99 latency {} of {} is above the limit of {} ms",
-                fmt_p99(p99),
-                opts.to,
-                opts.max_p99_ms
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = breach {
-            restore(path, &original_text, &written, &original)?;
-            println!("step {}/{total} FAILED: {reason}", i + 1);
-            println!("rolled back: {}", show(&original));
-            return Ok(Outcome::RolledBack(format!("step {}: {reason}", i + 1)));
+                fmt_p99(p99)
+            );
         }
-        println!(
-            "step {}/{total} passed: {n} requests to {}, 5xx {:.2}%, p99 {}",
-            i + 1,
-            opts.to,
-            ratio * 100.0,
-            fmt_p99(p99)
-        );
+        println!("rollout complete: {}", show(&current));
+        Ok(Outcome::Completed)
+
     }
-    println!("rollout complete: {}", show(&current));
-    Ok(Outcome::Completed)
+    .await;
+    if let Err(e) = &result {
+        // Whatever stopped the rollout, the weights from before it come back.
+        if restore(path, &original_text, &written_cell.borrow(), &original).is_ok() {
+            println!("stopped ({e}); restored {}", show(&original));
+        }
+    }
+    result
 }
 
 #[cfg(test)]

@@ -216,14 +216,19 @@ impl Deployment {
         })
     }
 
-    /// The slot on instance `i`, taken by [`Deployment::pick_instance`], for a mirrored copy
-    /// (not counted as a live request in flight).
-    pub fn slot(&self, i: usize) -> Slot {
-        Slot {
+    /// A slot for a mirrored copy, now or never: a queue permit if the deployment has a limit,
+    /// and a healthy instance with room (not counted as a live request in flight).
+    pub fn try_copy_slot(&self) -> Option<Slot> {
+        let permit = match &self.limiter {
+            Some(sem) => Some(sem.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        let i = self.pick_instance(&mut rand::rng(), None)?;
+        Some(Slot {
             instance: self.instances[i].clone(),
-            _permit: None,
+            _permit: permit,
             counted: false,
-        }
+        })
     }
 
     /// Moves `slot` to another healthy instance with room (for a retry after a refused

@@ -272,6 +272,7 @@ async fn send_replayable(
     mut conn: Conn,
     replay: Replay,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
+    let mut written = None;
     if conn.sender.ready().await.is_ok() {
         match conn.sender.try_send_request(replay.request()).await {
             Ok(resp) => return Ok((resp, conn)),
@@ -280,12 +281,19 @@ async fn send_replayable(
             }
             Err(e) => {
                 tracing::debug!(error = %e.error(), "pooled connection closed under the request; sending it again");
+                if e.message().is_none() {
+                    written = Some(e.into_error());
+                }
             }
         }
     }
     match connect(authority).await {
         Ok(conn) => send_on_new(conn, replay.request()).await,
-        Err(e) => Err(Failure::Connect(e, Box::new(replay.request()))),
+        // Once written, the request is not offered to another instance as well.
+        Err(e) => match written {
+            Some(first) => Err(Failure::Broken(first)),
+            None => Err(Failure::Connect(e, Box::new(replay.request()))),
+        },
     }
 }
 
@@ -325,6 +333,8 @@ pub struct RequestBody {
     limit: u64,
     /// Feeds a mirrored copy, if this request is mirrored.
     tee: Option<Tee>,
+    /// Set once the whole body has been sent (only for requests with a body).
+    sent: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug)]
@@ -341,6 +351,7 @@ impl RequestBody {
             remaining: limit,
             limit,
             tee: None,
+            sent: None,
         }
     }
 
@@ -350,6 +361,7 @@ impl RequestBody {
             remaining: limit,
             limit,
             tee: None,
+            sent: None,
         }
     }
 
@@ -360,6 +372,22 @@ impl RequestBody {
             remaining: u64::MAX,
             limit: u64::MAX,
             tee: None,
+            sent: None,
+        }
+    }
+
+    /// Reports through `flag` when the whole body has been sent.
+    pub fn with_sent_flag(
+        mut self,
+        flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
+        self.sent = flag;
+        self
+    }
+
+    fn mark_sent(&mut self) {
+        if let Some(f) = self.sent.take() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -411,11 +439,12 @@ impl Body for RequestBody {
                         tee.data(data);
                     }
                 }
-                if this.inner_ended()
-                    && let Some(tee) = &mut this.tee
-                {
+                if this.inner_ended() {
                     // The client may not poll past the last frame.
-                    tee.end();
+                    if let Some(tee) = &mut this.tee {
+                        tee.end();
+                    }
+                    this.mark_sent();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -427,6 +456,7 @@ impl Body for RequestBody {
                 if let Some(tee) = &mut this.tee {
                     tee.end();
                 }
+                this.mark_sent();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -636,7 +666,8 @@ pub fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool 
     false
 }
 
-/// Maps an exchange that broke to the error the client sees.
+/// Maps an exchange that broke to the error the client sees: the body limit (413), the
+/// client's own body failing (400), else the instance broke it (502).
 pub fn classify(err: &hyper::Error) -> ProxyError {
     let mut source: Option<&(dyn StdError + 'static)> = err.source();
     while let Some(e) = source {
@@ -644,6 +675,9 @@ pub fn classify(err: &hyper::Error) -> ProxyError {
             return ProxyError::BodyTooLarge { limit: t.limit };
         }
         source = e.source();
+    }
+    if err.is_user() {
+        return ProxyError::ClientBody(describe(err));
     }
     ProxyError::Protocol
 }

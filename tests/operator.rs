@@ -98,6 +98,10 @@ fn traffic_refuses_a_bad_result_without_touching_the_file() {
             "weight `101` of `blue` is not an integer from 0 to 100",
         ),
         (vec!["blue:90"], "`blue:90` is not name=weight"),
+        (
+            vec!["green=100", "green=5", "blue=50"],
+            "`green` is named twice",
+        ),
     ] {
         let mut a = vec!["traffic", p];
         a.extend(args.iter());

@@ -443,3 +443,33 @@ async fn a_slow_instance_gets_less_than_a_fast_one() {
     let (f, s) = (fast.count(), slow.count());
     assert!(s * 4 < f, "slow instance got {s}, fast {f}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_abort_or_stall_their_upload_do_not_eject_the_instance() {
+    let blue = Backend::echo("blue").await;
+    let proxy = Proc::proxy(
+        &EndpointFile::new()
+            .deployment("blue", &[blue.addr], Some(100))
+            .request("request_timeout_ms: 300")
+            .yaml(),
+    );
+    let head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789";
+    for _ in 0..6 {
+        // Aborted: the client goes away in the middle of its body.
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(head).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(s);
+        // Stalled: the client sends part of its body and waits past the timeout.
+        let out = raw(proxy.addr, head, Duration::from_millis(600));
+        assert!(!out.contains("200 OK"), "{out}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        instance_healthy(&proxy, "blue", &blue.addr.to_string()).await,
+        1.0
+    );
+    let a = get(&client(), &proxy.url("/score"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+}

@@ -1723,3 +1723,12 @@ fn seed_azure_file_with_a_misspelt_key_is_refused() {
         )]
     );
 }
+
+#[test]
+fn a_byte_order_mark_is_not_content() {
+    let src = format!("\u{feff}name: x\n{BLUE}");
+    assert!(parse_str(&src, Path::new("t.yaml")).is_ok());
+    // And `traffic` rewrites keep it.
+    let (out, _) = rewrite_traffic(&src, Path::new("t.yaml"), &[("blue".into(), 100)]).unwrap();
+    assert!(out.starts_with('\u{feff}'));
+}
