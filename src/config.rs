@@ -1274,21 +1274,6 @@ pub enum RewriteError {
     NotFound(String),
 }
 
-/// Byte offset of a 1-based line and column (columns count characters).
-fn offset_of(src: &str, line: usize, column: usize) -> Option<usize> {
-    let start = if line == 1 {
-        0
-    } else {
-        src.match_indices('\n').nth(line - 2)?.0 + 1
-    };
-    let rest = &src[start..];
-    let delta = rest
-        .char_indices()
-        .nth(column - 1)
-        .map_or(rest.len(), |(i, _)| i);
-    Some(start + delta)
-}
-
 /// Returns `src` with the `traffic:` weights of `weights` set (others untouched) and validates
 /// the result as `check` does; `path` is used for messages and `keys_file`.
 pub fn rewrite_traffic(
@@ -1326,9 +1311,7 @@ pub fn rewrite_traffic(
         if !present.contains(name) {
             continue;
         }
-        let (l, c) = locate(src, &[Seg::Key("traffic"), Seg::Key(name), Seg::Value])
-            .ok_or_else(|| RewriteError::NotFound(format!("the weight of `{name}`")))?;
-        let off = offset_of(src, l, c)
+        let off = locate_offset(src, &[Seg::Key("traffic"), Seg::Key(name), Seg::Value])
             .ok_or_else(|| RewriteError::NotFound(format!("the weight of `{name}`")))?;
         edits.push((off, number_at(off), w.to_string()));
     }
@@ -1351,9 +1334,7 @@ pub fn rewrite_traffic(
             }
             None => {
                 // `traffic: {}`: fill the flow map.
-                let (l, c) = locate(src, &[Seg::Key("traffic"), Seg::Value])
-                    .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
-                let off = offset_of(src, l, c)
+                let off = locate_offset(src, &[Seg::Key("traffic"), Seg::Value])
                     .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
                 let close = src[off..]
                     .find('}')
@@ -1364,14 +1345,11 @@ pub fn rewrite_traffic(
             Some(last) => {
                 let (_, kc) = locate(src, &[Seg::Key("traffic"), Seg::Key(last)])
                     .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
-                let (vl, vc) = locate(src, &[Seg::Key("traffic"), Seg::Key(last), Seg::Value])
-                    .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
-                let voff = offset_of(src, vl, vc)
-                    .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
+                let voff =
+                    locate_offset(src, &[Seg::Key("traffic"), Seg::Key(last), Seg::Value])
+                        .ok_or_else(|| RewriteError::NotFound(format!("`{last}` in `traffic:`")))?;
                 let vend = voff + number_at(voff);
-                let (tl, tc) = locate(src, &[Seg::Key("traffic"), Seg::Value])
-                    .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
-                let toff = offset_of(src, tl, tc)
+                let toff = locate_offset(src, &[Seg::Key("traffic"), Seg::Value])
                     .ok_or_else(|| RewriteError::NotFound("`traffic:`".into()))?;
                 let text = if src[toff..].starts_with('{') {
                     missing
@@ -1426,6 +1404,14 @@ fn locate(src: &str, path: &[Seg<'_>]) -> Option<(usize, usize)> {
     }
     match Locate(path).deserialize(yaml::Deserializer::from_str(src)) {
         Err(e) if e.to_string().contains(HERE) => e.location().map(|l| (l.line(), l.column())),
+        _ => None,
+    }
+}
+
+/// Byte offset of the node at the end of `path` (see [`locate`]).
+fn locate_offset(src: &str, path: &[Seg<'_>]) -> Option<usize> {
+    match Locate(path).deserialize(yaml::Deserializer::from_str(src)) {
+        Err(e) if e.to_string().contains(HERE) => e.location().map(|l| l.index()),
         _ => None,
     }
 }

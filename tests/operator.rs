@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::StatusCode;
 
-const COMMENTED: &str = r#"# Endpoint for the fraud model.
+const COMMENTED: &str = r#"# Endpoint for the fraud model — «détection» (multi-byte text before the weights).
 name: fraud   # shown by check
 traffic:
   # live weights
