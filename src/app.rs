@@ -15,7 +15,6 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, ClientLimits, Proxy};
 use crate::reload::{self, Loader, traffic_map};
 use crate::scoring::{Model, ScoreServer};
-use crate::upstream;
 
 /// A failure that stops a command, with the message the user sees.
 #[derive(Debug, thiserror::Error)]
@@ -100,54 +99,15 @@ pub struct Running {
     pub admin_listen: SocketAddr,
     pub loader: Arc<Loader>,
     stop: tokio::sync::watch::Sender<bool>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    serving: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops accepting at once and waits for the requests in flight (up to the drain time).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let workers = self.workers;
-        let _ = tokio::task::spawn_blocking(move || {
-            for w in workers {
-                let _ = w.join();
-            }
-        })
-        .await;
+        let _ = self.serving.await;
     }
-}
-
-/// Data-plane worker threads: one per CPU this process may run on.
-pub fn worker_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Binds `n` listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over them);
-/// the first one resolves port 0 for the others.
-fn bind_data_plane(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, AppError> {
-    let fail = |source| AppError::Bind {
-        what: "data plane",
-        addr,
-        source,
-    };
-    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
-    let mut at = addr;
-    for _ in 0..n {
-        let socket = if at.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(fail)?;
-        socket.set_reuseaddr(true).map_err(fail)?;
-        #[cfg(unix)]
-        socket.set_reuseport(true).map_err(fail)?;
-        socket.bind(at).map_err(fail)?;
-        let listener = socket.listen(4096).map_err(fail)?;
-        at = listener.local_addr().map_err(fail)?;
-        out.push(listener.into_std().map_err(fail)?);
-    }
-    Ok(out)
 }
 
 /// Loads `path`, binds the admin listener and the data plane, and starts serving and watching
@@ -157,12 +117,9 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
     eprint!("{}", format_warnings(path, &loaded));
     let cfg = &loaded.config;
     let admin = bind("admin", cfg.admin_listen).await?;
-    let workers = worker_count();
-    // Before any table is built: the pools keep one queue per worker.
-    upstream::set_workers(workers);
-    let listeners = bind_data_plane(cfg.listen, workers)?;
+    let listener = bind("data plane", cfg.listen).await?;
     let admin_listen = admin.local_addr().unwrap_or(cfg.admin_listen);
-    let listen = listeners[0].local_addr().unwrap_or(cfg.listen);
+    let listen = listener.local_addr().unwrap_or(cfg.listen);
 
     let metrics = Arc::new(Metrics::new());
     let loader = Arc::new(Loader::new(path, &loaded, metrics.clone()));
@@ -182,43 +139,7 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
         header_timeout: cfg.client_header_timeout,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // One single-threaded runtime per worker thread, each with its own listener and its own
-    // queue in every pool: a request and its upstream connection stay on one thread.
-    let mut threads = Vec::with_capacity(workers);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (proxy, stopped) = (proxy.clone(), stopped.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("scoregate-worker-{i}"))
-            .spawn(move || {
-                upstream::set_worker(i);
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start a worker runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => proxy::serve(l, proxy, limits, stopped, drain).await,
-                        Err(e) => tracing::error!(error = %e, "cannot use the data-plane listener"),
-                    }
-                });
-            });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(source) => {
-                return Err(AppError::Bind {
-                    what: "data plane worker",
-                    addr: listen,
-                    source,
-                });
-            }
-        }
-    }
+    let serving = tokio::spawn(proxy::serve(listener, proxy, limits, stopped, drain));
     tokio::spawn(reload::watch(loader.clone()));
     tokio::spawn(health::run(loader.clone()));
     tracing::info!(addr = %listen, "data plane listening");
@@ -227,7 +148,7 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
         admin_listen,
         loader,
         stop,
-        workers: threads,
+        serving,
     })
 }
 

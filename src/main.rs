@@ -241,16 +241,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     init_logging(cli.log_format);
-    // `run` and `demo` serve requests on their own worker threads (one runtime per CPU); the
-    // main runtime only carries the admin listener, reloads and health checks. The other
-    // commands use every CPU on one runtime.
-    let runtime = match &cli.command {
-        Command::Run { .. } | Command::Demo { .. } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Runtime::new(),
-    };
-    let runtime = match runtime {
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("scoregate: cannot start the runtime: {e}");

@@ -41,42 +41,23 @@ struct Idle {
     since: Instant,
 }
 
-/// Data-plane worker threads (set once at start; 1 until then).
-static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-
-thread_local! {
-    /// The data-plane worker this thread is (0 for every other thread).
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Declares how many data-plane workers there are; call before any table is built.
-pub fn set_workers(n: usize) {
-    let _ = WORKERS.set(n.max(1));
-}
-
-/// Marks the current thread as data-plane worker `i`.
-pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
-
-/// One instance's idle connections: a bounded lock-free queue per data-plane worker, so that a
-/// connection is used by the thread whose runtime drives it.
+/// One instance's idle connections: a bounded lock-free queue.
 pub struct Pool {
-    idle: Box<[ArrayQueue<Idle>]>,
+    idle: ArrayQueue<Idle>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("idle", &self.idle()).finish()
+        f.debug_struct("Pool")
+            .field("idle", &self.idle.len())
+            .finish()
     }
 }
 
 impl Default for Pool {
     fn default() -> Self {
-        let workers = *WORKERS.get().unwrap_or(&1);
-        let per = (POOL_MAX_IDLE / workers).max(64);
         Pool {
-            idle: (0..workers).map(|_| ArrayQueue::new(per)).collect(),
+            idle: ArrayQueue::new(POOL_MAX_IDLE),
         }
     }
 }
@@ -91,8 +72,7 @@ pub struct Conn {
 impl Pool {
     /// A live idle connection, if any; stale and closed ones are dropped on the way.
     pub fn checkout(&self) -> Option<Conn> {
-        let queue = self.mine();
-        while let Some(idle) = queue.pop() {
+        while let Some(idle) = self.idle.pop() {
             let idle_for = idle.since.elapsed();
             if idle_for < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() {
                 return Some(Conn {
@@ -108,43 +88,35 @@ impl Pool {
     pub fn checkin(&self, conn: Conn) {
         if !conn.sender.is_closed() {
             // A full pool drops the connection.
-            let _ = self.mine().push(Idle {
+            let _ = self.idle.push(Idle {
                 sender: conn.sender,
                 since: Instant::now(),
             });
         }
     }
 
-    fn mine(&self) -> &ArrayQueue<Idle> {
-        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
-    }
-
     /// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`] (run periodically).
     pub fn sweep(&self) {
-        for queue in self.idle.iter() {
-            for _ in 0..queue.len() {
-                match queue.pop() {
-                    Some(idle)
-                        if idle.since.elapsed() < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() =>
-                    {
-                        let _ = queue.push(idle);
-                    }
-                    Some(_) => {}
-                    None => break,
+        for _ in 0..self.idle.len() {
+            match self.idle.pop() {
+                Some(idle)
+                    if idle.since.elapsed() < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() =>
+                {
+                    let _ = self.idle.push(idle);
                 }
+                Some(_) => {}
+                None => break,
             }
         }
     }
 
     /// Closes every idle connection (an ejected instance).
     pub fn clear(&self) {
-        for queue in self.idle.iter() {
-            while queue.pop().is_some() {}
-        }
+        while self.idle.pop().is_some() {}
     }
 
     pub fn idle(&self) -> usize {
-        self.idle.iter().map(ArrayQueue::len).sum()
+        self.idle.len()
     }
 }
 
