@@ -164,17 +164,22 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer, so that a burst of warnings (an instance
+/// going down under load) never blocks a request on a slow terminal or pipe. The guard flushes
+/// what is left when `main` returns.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// Prints a command's report (stdout) or error (stderr, exit 1).
@@ -240,7 +245,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    init_logging(cli.log_format);
+    let _log_guard = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
