@@ -76,13 +76,30 @@ pub fn check(path: &Path) -> Result<(String, String), ConfigError> {
     let loaded = config::load_file(path)?;
     let c = &loaded.config;
     let mut report = format!(
-        "{}: valid\nendpoint {}, listen {}, admin {}, pin header {}\n\n",
+        "{}: valid\nendpoint {}, listen {}, admin {}, pin header {}\n",
         path.display(),
         c.name.as_deref().unwrap_or("(unnamed)"),
         c.listen,
         c.admin_listen,
         c.pin_header
     );
+    if let Some(h) = &c.sticky_header {
+        report.push_str(&format!("sticky split by {h}\n"));
+    }
+    if let Some(m) = &c.mirror {
+        report.push_str(&format!(
+            "mirror: {}% of unpinned requests copied to {}\n",
+            m.percent, m.deployment
+        ));
+    }
+    if let config::Auth::Key(k) = &c.auth {
+        report.push_str(&format!(
+            "auth: key ({} keys from {})\n",
+            k.digests.len(),
+            k.file.display()
+        ));
+    }
+    report.push('\n');
     report.push_str(&traffic_table(c));
     Ok((report, format_warnings(path, &loaded)))
 }

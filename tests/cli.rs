@@ -221,3 +221,28 @@ async fn demo_serves_blue_and_green_with_pinning() {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[test]
+fn check_shows_sticky_mirror_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.txt"),
+        "secret-key-one\nsecret-key-two\n",
+    )
+    .unwrap();
+    let path = dir.path().join("e.yaml");
+    std::fs::write(
+        &path,
+        "sticky_header: x-user-id\nauth_mode: key\nkeys_file: keys.txt\nmirror_traffic: {purple: 10}\ntraffic: {blue: 100}\ndeployments:\n  blue: {instances: [127.0.0.1:9001]}\n  purple: {instances: [127.0.0.1:9201]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sticky split by x-user-id"), "{out}");
+    assert!(
+        out.contains("mirror: 10% of unpinned requests copied to purple"),
+        "{out}"
+    );
+    assert!(out.contains("auth: key (2 keys from "), "{out}");
+    assert!(!out.contains("secret-key"), "a key was printed: {out}");
+}
