@@ -12,8 +12,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use crate::reload::Loader;
 use crate::routing::Instance;
 
@@ -104,13 +102,7 @@ impl Health {
 
 /// Can a TCP connection to the instance be opened now?
 async fn probe(instance: &Instance) -> bool {
-    let addr = instance.authority.as_str();
-    let connect = async {
-        match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) => TcpStream::connect(a).await,
-            Err(_) => TcpStream::connect(addr).await,
-        }
-    };
+    let connect = crate::upstream::tcp_connect(instance.authority.as_str());
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, connect).await,
         Ok(Ok(_))

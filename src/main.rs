@@ -74,37 +74,15 @@ enum Command {
     Rollout {
         /// The endpoint file the running proxy serves.
         path: PathBuf,
-        /// The deployment that takes the traffic.
-        #[arg(long)]
-        to: String,
-        /// Its weight at each step, in percent.
-        #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
-        steps: Vec<u8>,
-        /// How long each step is watched, like 60s, 2m or 500ms.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Largest share of 5xx answers of the target in a step.
-        #[arg(long, default_value_t = 0.01)]
-        max_error_rate: f64,
-        /// Largest p99 latency of the target in a step, in ms.
-        #[arg(long, default_value_t = 500.0)]
-        max_p99_ms: f64,
-        /// Fewest requests to the target in a step to judge it.
-        #[arg(long, default_value_t = 20)]
-        min_requests: u64,
-        /// The proxy's admin URL (default: the file's admin_listen).
-        #[arg(long)]
-        admin: Option<String>,
-        /// Ask before each step.
-        #[arg(long)]
-        confirm: bool,
+        #[command(flatten)]
+        opts: scoregate::rollout::Options,
     },
     /// Send sustained load to a URL and report throughput, latency and the split.
     Load {
         /// The endpoint, like http://127.0.0.1:8080/score.
         url: String,
         /// How long, like 30s.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = scoregate::rollout::parse_duration)]
         duration: Duration,
         /// Clients sending at once.
         #[arg(long, default_value_t = 8)]
@@ -137,10 +115,6 @@ enum Command {
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         error_rate: f64,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 60s or 2m: {e}"))
 }
 
 fn parse_header(h: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
@@ -284,27 +258,7 @@ fn main() -> ExitCode {
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
-            Command::Rollout {
-                path,
-                to,
-                steps,
-                interval,
-                max_error_rate,
-                max_p99_ms,
-                min_requests,
-                admin,
-                confirm,
-            } => {
-                let opts = scoregate::rollout::Options {
-                    to,
-                    steps,
-                    interval,
-                    max_error_rate,
-                    max_p99_ms,
-                    min_requests,
-                    admin,
-                    confirm,
-                };
+            Command::Rollout { path, opts } => {
                 return Ok(match scoregate::rollout::run(&path, &opts).await {
                     Ok(scoregate::rollout::Outcome::Completed) => ExitCode::SUCCESS,
                     Ok(scoregate::rollout::Outcome::RolledBack(why)) => {

@@ -141,12 +141,7 @@ impl Mirroring {
             mirror.dropped.inc();
             return None;
         }
-        let mut req = Request::new(());
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
-        *req.version_mut() = parts.version;
-        *req.headers_mut() = parts.headers.clone();
-        let (head, ()) = req.into_parts();
+        let (head, ()) = upstream::copy_head(parts, ()).into_parts();
         let empty = size.exact() == Some(0);
         let (tx, rx) = mpsc::channel(CHANNEL);
         let body = CopyBody {

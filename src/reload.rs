@@ -206,11 +206,7 @@ impl Loader {
 
 /// `blue=90 green=10`, in table order.
 pub fn traffic_map(cfg: &EndpointConfig) -> String {
-    cfg.deployments
-        .iter()
-        .map(|d| format!("{}={}", d.name, d.weight))
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::ops::show(&crate::ops::weights(cfg), "")
 }
 
 enum WatchMsg {

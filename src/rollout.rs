@@ -19,25 +19,38 @@ use crate::config;
 use crate::metrics::quantile;
 use crate::ops::{self, OpsError};
 
-/// What `rollout` was asked to do.
-#[derive(Debug, Clone)]
+/// What `rollout` was asked to do (also its command-line flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The deployment that takes the traffic.
+    #[arg(long)]
     pub to: String,
-    /// Its weight at each step, in percent. Default 10, 50, 100.
+    /// Its weight at each step, in percent.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
     pub steps: Vec<u8>,
-    /// How long each step is watched. Default 60 s.
+    /// How long each step is watched, like 60s, 2m or 500ms.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Largest 5xx share of the target's requests in a window. Default 0.01.
+    /// Largest share of 5xx answers of the target in a step.
+    #[arg(long, default_value_t = 0.01)]
     pub max_error_rate: f64,
-    /// Largest p99 latency of the target in a window, ms. Default 500.
+    /// Largest p99 latency of the target in a step, in ms.
+    #[arg(long, default_value_t = 500.0)]
     pub max_p99_ms: f64,
-    /// Fewest requests to the target in a window to judge it. Default 20.
+    /// Fewest requests to the target in a step to judge it.
+    #[arg(long, default_value_t = 20)]
     pub min_requests: u64,
-    /// The proxy's admin URL. Default: the file's `admin_listen`.
+    /// The proxy's admin URL (default: the file's admin_listen).
+    #[arg(long)]
     pub admin: Option<String>,
     /// Ask before each step.
+    #[arg(long)]
     pub confirm: bool,
+}
+
+/// A duration flag like `60s`, `2m` or `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 60s or 2m: {e}"))
 }
 
 /// How a rollout ended.

@@ -121,11 +121,16 @@ impl Pool {
 }
 
 /// Opens a connection to `authority` (`host:port`; a DNS name is resolved by the system).
+/// A TCP connection to `authority` (`host:port`; a DNS name is resolved by the system).
+pub async fn tcp_connect(authority: &str) -> std::io::Result<TcpStream> {
+    match authority.parse::<std::net::SocketAddr>() {
+        Ok(addr) => TcpStream::connect(addr).await,
+        Err(_) => TcpStream::connect(authority).await,
+    }
+}
+
 pub async fn connect(authority: &str) -> std::io::Result<Conn> {
-    let stream = match authority.parse::<std::net::SocketAddr>() {
-        Ok(addr) => TcpStream::connect(addr).await?,
-        Err(_) => TcpStream::connect(authority).await?,
-    };
+    let stream = tcp_connect(authority).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
@@ -162,13 +167,21 @@ struct Replay {
 
 impl Replay {
     fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::buffered(self.body.clone(), self.limit));
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = self.parts.uri.clone();
-        *req.version_mut() = self.parts.version;
-        *req.headers_mut() = self.parts.headers.clone();
-        req
+        copy_head(
+            &self.parts,
+            RequestBody::buffered(self.body.clone(), self.limit),
+        )
     }
+}
+
+/// A request with a copy of `parts`' method, URI, version and headers, and `body`.
+pub fn copy_head<B>(parts: &http::request::Parts, body: B) -> Request<B> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
 }
 
 /// Reads a small body fully so that the request can be sent again.
