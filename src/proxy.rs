@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::config;
 use crate::error::{ProxyError, error_response};
 use crate::mirror::Mirroring;
-use crate::routing::Table;
+use crate::routing::{Deployment, Instance, Slot, Table};
 use crate::upstream::{self, Failure, RequestBody, ResponseBody};
 
 static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
@@ -95,7 +95,7 @@ impl Proxy {
             .map_err(|e| (e, None))?;
         let dep = &table.deployments[choice.index];
         let at = |e| (e, Some(choice.index));
-        let mut slot = dep.acquire().await.map_err(at)?;
+        let slot = dep.acquire().await.map_err(at)?;
 
         let (mut parts, body) = req.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
@@ -122,7 +122,7 @@ impl Proxy {
         };
         // A timeout while the client is still sending its body is not the instance's fault.
         let sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        let mut upstream_req = Request::from_parts(
+        let upstream_req = Request::from_parts(
             parts,
             RequestBody::new(body, limit)
                 .with_tee(tee)
@@ -133,72 +133,26 @@ impl Proxy {
         let timeout_ms = timeout.as_millis() as u64;
         // The instance being tried, for charging a timeout to the right one.
         let mut current = slot.instance.clone();
-        let exchange = async {
-            let mut retried = false;
-            loop {
-                let instance = slot.instance.clone();
-                current = instance.clone();
-                match upstream::send(&instance.pool, instance.authority.as_str(), upstream_req)
-                    .await
-                {
-                    Ok((resp, conn)) => return Ok((resp, conn, slot)),
-                    Err(Failure::Connect(e, req)) => {
-                        instance.record_failure();
-                        tracing::warn!(
-                            deployment = %dep.name,
-                            instance = %instance.addr,
-                            error = %e,
-                            "cannot connect to instance"
-                        );
-                        if retried {
-                            return Err(ProxyError::Connect);
-                        }
-                        retried = true;
-                        // Nothing was sent: try once more on another instance of the deployment.
-                        match dep.reassign(slot) {
-                            Ok(s) => slot = s,
-                            Err(_) => return Err(ProxyError::Connect),
-                        }
-                        upstream_req = *req;
+        // Built inside the call: a named future would take its room twice in this one.
+        let (resp, conn, slot) =
+            match tokio::time::timeout(timeout, exchange(dep, slot, upstream_req, &mut current))
+                .await
+            {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => return Err(at(e)),
+                Err(_) => {
+                    if sent.is_none_or(|s| s.load(Ordering::Relaxed)) {
+                        current.record_failure();
                     }
-                    Err(Failure::Broken(e)) => {
-                        let err = upstream::classify(&e);
-                        if matches!(err, ProxyError::Protocol) {
-                            instance.record_failure();
-                            tracing::warn!(
-                                deployment = %dep.name,
-                                instance = %instance.addr,
-                                error = %upstream::describe(&e),
-                                "upstream exchange failed"
-                            );
-                        }
-                        return Err(err);
-                    }
-                    Err(Failure::Client(e)) => {
-                        return Err(match e.downcast_ref::<upstream::BodyTooLarge>() {
-                            Some(t) => ProxyError::BodyTooLarge { limit: t.limit },
-                            None => ProxyError::ClientBody(upstream::describe(&*e)),
-                        });
-                    }
+                    tracing::warn!(
+                        deployment = %dep.name,
+                        instance = %current.addr,
+                        timeout_ms,
+                        "instance did not answer in time"
+                    );
+                    return Err(at(ProxyError::Timeout { timeout_ms }));
                 }
-            }
-        };
-        let (resp, conn, slot) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return Err(at(e)),
-            Err(_) => {
-                if sent.is_none_or(|s| s.load(Ordering::Relaxed)) {
-                    current.record_failure();
-                }
-                tracing::warn!(
-                    deployment = %dep.name,
-                    instance = %current.addr,
-                    timeout_ms,
-                    "instance did not answer in time"
-                );
-                return Err(at(ProxyError::Timeout { timeout_ms }));
-            }
-        };
+            };
         slot.instance.record_success();
         let (mut parts, body) = resp.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
@@ -209,6 +163,63 @@ impl Proxy {
             Response::from_parts(parts, ResponseBody::upstream(body, slot, conn, timeout)),
             choice.index,
         ))
+    }
+}
+
+/// Sends the request to the slot's instance and waits for the answer's head. A refused
+/// connection is tried once more on another instance of the deployment (nothing was sent);
+/// `current` follows the instance being tried.
+async fn exchange(
+    dep: &Deployment,
+    mut slot: Slot,
+    mut req: Request<RequestBody>,
+    current: &mut Arc<Instance>,
+) -> Result<(Response<Incoming>, upstream::Conn, Slot), ProxyError> {
+    let mut retried = false;
+    loop {
+        let instance = slot.instance.clone();
+        *current = instance.clone();
+        match upstream::send(&instance.pool, instance.authority.as_str(), req).await {
+            Ok((resp, conn)) => return Ok((resp, conn, slot)),
+            Err(Failure::Connect(e, back)) => {
+                instance.record_failure();
+                tracing::warn!(
+                    deployment = %dep.name,
+                    instance = %instance.addr,
+                    error = %e,
+                    "cannot connect to instance"
+                );
+                if retried {
+                    return Err(ProxyError::Connect);
+                }
+                retried = true;
+                // Nothing was sent: try once more on another instance of the deployment.
+                match dep.reassign(slot) {
+                    Ok(s) => slot = s,
+                    Err(_) => return Err(ProxyError::Connect),
+                }
+                req = *back;
+            }
+            Err(Failure::Broken(e)) => {
+                let err = upstream::classify(&e);
+                if matches!(err, ProxyError::Protocol) {
+                    instance.record_failure();
+                    tracing::warn!(
+                        deployment = %dep.name,
+                        instance = %instance.addr,
+                        error = %upstream::describe(&e),
+                        "upstream exchange failed"
+                    );
+                }
+                return Err(err);
+            }
+            Err(Failure::Client(e)) => {
+                return Err(match e.downcast_ref::<upstream::BodyTooLarge>() {
+                    Some(t) => ProxyError::BodyTooLarge { limit: t.limit },
+                    None => ProxyError::ClientBody(upstream::describe(&*e)),
+                });
+            }
+        }
     }
 }
 
@@ -340,7 +351,9 @@ pub async fn serve(
             TokioIo::new(stream),
             service_fn(move |req| {
                 let (proxy, peer) = (proxy.clone(), peer.clone());
-                async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
+                // Boxed: hyper keeps the service's future inline in every client connection,
+                // idle or not, and moves it in per request.
+                Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) })
             }),
         );
         let conn = graceful.watch(conn);

@@ -168,6 +168,23 @@ impl Deployment {
     /// Claims an instance, waiting up to `max_queue_wait` when all are at their limit. When
     /// every instance is ejected the answer is immediate.
     pub async fn acquire(&self) -> Result<Slot, ProxyError> {
+        // Without a limit nothing waits: no future state for the queue on the common path.
+        if self.limiter.is_none()
+            && let Some(i) = self.pick_instance(&mut rand::rng(), None)
+        {
+            let instance = self.instances[i].clone();
+            instance.deployment_in_flight.inc();
+            return Ok(Slot {
+                instance,
+                _permit: None,
+                counted: true,
+            });
+        }
+        Box::pin(self.acquire_queued()).await
+    }
+
+    /// [`Deployment::acquire`] with a queue (or no instance free right now).
+    async fn acquire_queued(&self) -> Result<Slot, ProxyError> {
         let limit = self.settings.max_concurrent_per_instance;
         let wait = self.settings.max_queue_wait;
         let overloaded = || ProxyError::Overloaded {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -211,8 +211,13 @@ pub async fn send(
             .upper()
             .is_some_and(|n| n <= REPLAY_MAX_BODY);
         if small && conn.idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE) {
-            let replay = prepare_replay(req).await?;
-            return send_replayable(authority, conn, replay).await;
+            // Cold paths are boxed: they would otherwise grow every request's future (which
+            // hyper keeps per client connection) by their state.
+            return Box::pin(async move {
+                let replay = prepare_replay(req).await?;
+                send_replayable(authority, conn, replay).await
+            })
+            .await;
         }
         if conn.sender.ready().await.is_err() {
             continue;
@@ -226,10 +231,13 @@ pub async fn send(
             },
         }
     }
-    match connect(authority).await {
-        Ok(conn) => send_on_new(conn, req).await,
-        Err(e) => Err(Failure::Connect(e, Box::new(req))),
-    }
+    Box::pin(async move {
+        match connect(authority).await {
+            Ok(conn) => send_on_new(conn, req).await,
+            Err(e) => Err(Failure::Connect(e, Box::new(req))),
+        }
+    })
+    .await
 }
 
 async fn send_on_new(
@@ -616,27 +624,52 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of them.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the entries, without hashing: which hop-by-hop headers are present (a bit
+    // each), and whether `Connection` names a header beyond the usual `keep-alive` / `close`.
+    let mut present = 0u16;
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
+        // Hop-by-hop names are 2, 7, 10 or 16–19 bytes long: most names stop at the length.
+        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+            continue;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+            if i == 0 {
+                names_others |= connection_tokens(value).any(|t| {
+                    !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+                });
+            }
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .flat_map(connection_tokens)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for n in named {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(h);
         }
     }
+}
+
+/// The non-empty, trimmed tokens of a `Connection` value.
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `err` or one of its causes is an `E`.
@@ -677,4 +710,45 @@ pub fn describe(err: &dyn StdError) -> String {
         source = e.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = map(&[
+            ("content-type", "application/json"),
+            ("connection", "Keep-Alive, X-Trace"),
+            ("connection", " x-other ,"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("x-other", "2"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = map(&[("content-length", "2"), ("date", "x"), ("x-y", "z")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        let mut h = map(&[("connection", "close"), ("server", "s")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["server"]);
+    }
 }
