@@ -26,12 +26,7 @@ async fn main() {
         .unwrap_or(100);
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let file = |b: u8, g: u8| {
-        EndpointFile::new()
-            .deployment("blue", &[blue.addr], Some(b))
-            .deployment("green", &[green.addr], Some(g))
-            .yaml()
-    };
+    let file = |b: u8, g: u8| blue_green_file(&blue, &green, b, g);
     let proxy = Proc::proxy(&file(100, 0));
     let path = proxy.config.clone().unwrap();
     let tmp = path.with_extension("tmp");

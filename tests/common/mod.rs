@@ -333,13 +333,16 @@ impl Drop for Backend {
 pub async fn blue_green(blue_weight: u8, green_weight: u8) -> (Backend, Backend, Proc) {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proc::proxy(
-        &EndpointFile::new()
-            .deployment("blue", &[blue.addr], Some(blue_weight))
-            .deployment("green", &[green.addr], Some(green_weight))
-            .yaml(),
-    );
+    let proxy = Proc::proxy(&blue_green_file(&blue, &green, blue_weight, green_weight));
     (blue, green, proxy)
+}
+
+/// The endpoint file for `blue` and `green` at the given weights.
+pub fn blue_green_file(blue: &Backend, green: &Backend, b: u8, g: u8) -> String {
+    EndpointFile::new()
+        .deployment("blue", &[blue.addr], Some(b))
+        .deployment("green", &[green.addr], Some(g))
+        .yaml()
 }
 
 /// A port on which nothing listens (bound, then closed).
