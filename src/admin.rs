@@ -142,6 +142,8 @@ impl Admin {
     }
 
     /// `/config`: the live configuration and its provenance.
+    /// `dns` lists every host-name instance: its addresses, when it last resolved, and the
+    /// error while lookups fail.
     pub fn config_json(&self) -> Value {
         let status = self.loader.status();
         let table = self.loader.table().load();
@@ -162,7 +164,12 @@ impl Admin {
                     .instances
                     .iter()
                     .map(|i| {
-                        json!({"instance": &*i.addr, "healthy": i.is_healthy(), "in_flight": i.in_flight()})
+                        json!({
+                            "instance": &*i.addr,
+                            "discovered_from": i.discovered_from.as_deref(),
+                            "healthy": i.is_healthy(),
+                            "in_flight": i.in_flight(),
+                        })
                     })
                     .collect();
                 (
@@ -191,6 +198,7 @@ impl Admin {
             "traffic": traffic,
             "mirror": mirror_map(&table),
             "deployments": deployments,
+            "dns": dns_map(&status.names),
             "last_reload_error": status.last_error,
         })
     }
@@ -337,6 +345,25 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             let _ = conn.await;
         });
     }
+}
+
+/// Host-name instances for `/config`: addresses, last success, last error.
+fn dns_map(names: &crate::discovery::Names) -> Value {
+    names
+        .entries()
+        .map(|(name, e)| {
+            let addrs: Vec<String> = e.addrs.iter().map(ToString::to_string).collect();
+            (
+                name.to_string(),
+                json!({
+                    "addresses": addrs,
+                    "resolved_at": e.resolved_at.map(rfc3339),
+                    "error": e.error,
+                }),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into()
 }
 
 #[cfg(test)]

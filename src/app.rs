@@ -99,6 +99,20 @@ pub fn check(path: &Path) -> Result<(String, String), ConfigError> {
             k.file.display()
         ));
     }
+    let names: Vec<&str> = c
+        .deployments
+        .iter()
+        .flat_map(|d| d.instances.iter())
+        .filter(|i| crate::discovery::is_name(i))
+        .map(String::as_str)
+        .collect();
+    if !names.is_empty() {
+        report.push_str(&format!(
+            "host names, resolved to all their addresses at start and every {}: {}\n",
+            humantime::format_duration(c.dns_refresh),
+            names.join(", ")
+        ));
+    }
     report.push('\n');
     report.push_str(&traffic_table(c));
     Ok((report, format_warnings(path, &loaded)))
@@ -159,6 +173,7 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
     let serving = tokio::spawn(proxy::serve(listener, proxy, limits, stopped, drain));
     tokio::spawn(reload::watch(loader.clone()));
     tokio::spawn(health::run(loader.clone()));
+    tokio::spawn(crate::discovery::run(loader.clone()));
     tracing::info!(addr = %listen, "data plane listening");
     Ok(Running {
         listen,

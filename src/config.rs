@@ -25,6 +25,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
 /// Default time a client has to send its request headers (ms).
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 60_000;
+/// Default interval between DNS lookups of instances written as host names (ms).
+pub const DEFAULT_DNS_REFRESH_MS: u64 = 5_000;
 /// Default request body limit: 16 MiB (exactly 16 MiB is allowed).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -61,6 +63,7 @@ const TOP_KEYS: &[&str] = &[
     "keys_file",
     "max_request_body_bytes",
     "client_header_timeout_ms",
+    "dns_refresh_ms",
     "deployments",
 ];
 const DEPLOYMENT_KEYS: &[&str] = &["instances", "request", "request_settings"];
@@ -213,6 +216,8 @@ pub struct EndpointConfig {
     /// Time a client has to send its request headers, and longest idle keep-alive wait.
     /// Default 60 s (nginx's client_header_timeout). Read at start.
     pub client_header_timeout: Duration,
+    /// How often instances written as host names are resolved again. Default 5 s.
+    pub dns_refresh: Duration,
 }
 
 impl EndpointConfig {
@@ -329,6 +334,7 @@ struct RawFile {
     keys_file: Option<String>,
     max_request_body_bytes: Option<u64>,
     client_header_timeout_ms: Option<u64>,
+    dns_refresh_ms: Option<u64>,
     deployments: Option<Vec<(String, RawDeployment)>>,
     ignored: Vec<&'static str>,
 }
@@ -433,6 +439,7 @@ impl<'de> Deserialize<'de> for RawFile {
                         "max_request_body_bytes" => {
                             raw.max_request_body_bytes = Some(map.next_value()?)
                         }
+                        "dns_refresh_ms" => raw.dns_refresh_ms = Some(map.next_value()?),
                         "client_header_timeout_ms" => {
                             raw.client_header_timeout_ms = Some(map.next_value()?)
                         }
@@ -894,6 +901,18 @@ impl Validator<'_> {
             None => Duration::from_millis(DEFAULT_CLIENT_HEADER_TIMEOUT_MS),
         };
 
+        let dns_refresh = match raw.dns_refresh_ms {
+            Some(ms) if ms < 100 => {
+                self.error(
+                    &[K("dns_refresh_ms")],
+                    "dns_refresh_ms must be at least 100",
+                );
+                Duration::ZERO
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_millis(DEFAULT_DNS_REFRESH_MS),
+        };
+
         // Deployments.
         let mut deployments = Vec::new();
         match &raw.deployments {
@@ -1056,6 +1075,7 @@ impl Validator<'_> {
             auth,
             max_request_body_bytes,
             client_header_timeout,
+            dns_refresh,
         })
     }
 

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod loadgen;

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// `scoregate_config_last_reload_success`: 1 when the last attempt succeeded.
     pub config_last_reload_success: IntGauge,
+    dns_errors: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -163,7 +164,13 @@ impl Metrics {
             "scoregate_config_last_reload_success",
             "1 when the last attempt to load the endpoint file succeeded, else 0.",
         );
+        let dns_errors = counter_vec(
+            "scoregate_dns_lookup_errors_total",
+            "Failed lookups of instances written as host names (the last known addresses are kept), by name as written.",
+            &["name"],
+        );
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(dns_errors.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
@@ -197,6 +204,7 @@ impl Metrics {
             reload_error: reloads.with_label_values(&["error"]),
             config_generation,
             config_last_reload_success,
+            dns_errors,
         }
     }
 
@@ -208,6 +216,16 @@ impl Metrics {
             self.reload_error.inc();
         }
         self.config_last_reload_success.set(i64::from(ok));
+    }
+
+    /// Counts a failed lookup of an instance name (a name from the file, never client input).
+    pub fn dns_error(&self, name: &str) {
+        self.dns_errors.with_label_values(&[name]).inc();
+    }
+
+    /// Failed lookups of `name` so far.
+    pub fn dns_errors(&self, name: &str) -> u64 {
+        self.dns_errors.with_label_values(&[name]).get()
     }
 
     /// Handles for one deployment's series (created now with zero values, so that rates and

@@ -13,6 +13,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config::{self, EndpointConfig, Loaded};
+use crate::discovery::Names;
 use crate::metrics::Metrics;
 use crate::routing::Table;
 
@@ -51,6 +52,10 @@ struct State {
     admin_listen: SocketAddr,
     loaded_at: SystemTime,
     last_error: Option<String>,
+    /// The live file, for resolving its names again.
+    config: Arc<EndpointConfig>,
+    /// What its host-name instances resolved to.
+    names: Names,
 }
 
 /// A snapshot of the loader's state, for the admin listener and logs.
@@ -62,6 +67,8 @@ pub struct Status {
     pub loaded_at: SystemTime,
     pub last_error: Option<String>,
     pub source: String,
+    /// Host-name instances and what they resolved to.
+    pub names: Names,
 }
 
 /// Reads the endpoint file and swaps the live table.
@@ -73,13 +80,16 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts from the file as loaded at start-up (generation 1).
+    /// Starts from the file as loaded at start-up (generation 1). Host-name instances are
+    /// resolved first (blocking; a file of addresses only does no lookup).
     pub fn new(path: &Path, loaded: &Loaded, metrics: Arc<Metrics>) -> Loader {
-        let table = Arc::new(ArcSwap::from_pointee(Table::compile(
+        let names = Names::default().refresh(&loaded.config, &metrics);
+        let table = Arc::new(ArcSwap::from_pointee(Table::compile_resolved(
             &loaded.config,
             1,
             None,
             &metrics,
+            &names,
         )));
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
@@ -97,8 +107,58 @@ impl Loader {
                 admin_listen: loaded.config.admin_listen,
                 loaded_at: SystemTime::now(),
                 last_error: None,
+                config: Arc::new(loaded.config.clone()),
+                names,
             }),
         }
+    }
+
+    /// How often host-name instances are resolved again (`dns_refresh_ms`).
+    pub fn dns_refresh(&self) -> Duration {
+        self.lock().config.dns_refresh
+    }
+
+    /// Resolves the live file's host-name instances again and, when an address set changed,
+    /// swaps in a table from the same file (same generation) with the new addresses. Blocking
+    /// (the system resolver): call it off the async workers. Returns whether a table went live.
+    pub fn rediscover(&self) -> bool {
+        let (cfg, names, generation) = {
+            let st = self.lock();
+            (st.config.clone(), st.names.clone(), st.generation)
+        };
+        if !cfg
+            .deployments
+            .iter()
+            .flat_map(|d| d.instances.iter())
+            .any(|i| crate::discovery::is_name(i))
+        {
+            return false;
+        }
+        // Resolved without the lock: lookups may take seconds.
+        let fresh = names.refresh(&cfg, &self.metrics);
+        let mut st = self.lock();
+        if st.generation != generation {
+            // A reload won the race and resolved the names itself.
+            return false;
+        }
+        let changed = !fresh.same_addresses(&st.names);
+        st.names = fresh;
+        if !changed {
+            return false;
+        }
+        let table = Table::compile_resolved(
+            &cfg,
+            st.generation,
+            Some(&self.table.load()),
+            &self.metrics,
+            &st.names,
+        );
+        self.table.store(Arc::new(table));
+        tracing::info!(
+            generation = st.generation,
+            "instance addresses changed: new table live"
+        );
+        true
     }
 
     /// The live table, for the data plane.
@@ -119,6 +179,7 @@ impl Loader {
             loaded_at: st.loaded_at,
             last_error: st.last_error.clone(),
             source: st.source.clone(),
+            names: st.names.clone(),
         }
     }
 
@@ -137,6 +198,19 @@ impl Loader {
             .as_ref()
             .map(|l| l.fingerprint.clone())
             .map_err(Clone::clone);
+        // A file that would go live has its host names looked up before the lock is taken
+        // (lookups may take seconds; the admin listener reads the state meanwhile). Names new
+        // to the file then serve from the first request.
+        let names = match &outcome {
+            Ok(l) => {
+                let known = {
+                    let st = self.lock();
+                    (l.fingerprint != st.applied).then(|| st.names.clone())
+                };
+                known.map(|n| n.refresh(&l.config, &self.metrics))
+            }
+            Err(_) => None,
+        };
         let mut st = self.lock();
         if trigger != Trigger::Signal && seen == st.last_seen {
             return false;
@@ -177,9 +251,18 @@ impl Loader {
             );
             return false;
         }
+        let names = names.unwrap_or_else(|| st.names.clone());
         st.generation += 1;
-        let table = Table::compile(cfg, st.generation, Some(&self.table.load()), &self.metrics);
+        let table = Table::compile_resolved(
+            cfg,
+            st.generation,
+            Some(&self.table.load()),
+            &self.metrics,
+            &names,
+        );
         self.table.store(Arc::new(table));
+        st.names = names;
+        st.config = Arc::new(cfg.clone());
         st.applied = loaded.fingerprint.clone();
         st.source = loaded.source.clone();
         st.name = cfg.name.clone();

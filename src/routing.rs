@@ -14,6 +14,7 @@ use rand::{Rng, RngExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Auth, EndpointConfig, RequestSettings};
+use crate::discovery::Names;
 use crate::error::ProxyError;
 use crate::health::{Change, Health};
 use crate::metrics::{DeploymentMetrics, Metrics};
@@ -24,8 +25,10 @@ use prometheus::IntGauge;
 /// stay the same, so its pooled connections and counters survive.
 #[derive(Debug)]
 pub struct Instance {
-    /// The instance exactly as written in the file.
+    /// The instance exactly as written in the file, or the address its name resolved to.
     pub addr: Box<str>,
+    /// The host-name instance (as written) this address was discovered from.
+    pub discovered_from: Option<Box<str>>,
     /// `host:port` for the upstream URI.
     pub authority: Authority,
     in_flight: AtomicU32,
@@ -42,6 +45,7 @@ pub struct Instance {
 impl Instance {
     fn new(
         addr: &str,
+        discovered_from: Option<&str>,
         deployment: &str,
         dm: &DeploymentMetrics,
         metrics: &Metrics,
@@ -50,6 +54,7 @@ impl Instance {
         healthy_gauge.set(1);
         Some(Instance {
             addr: addr.into(),
+            discovered_from: discovered_from.map(Into::into),
             authority: Authority::from_str(addr).ok()?,
             in_flight: AtomicU32::new(0),
             health: Health::default(),
@@ -283,6 +288,10 @@ impl Deployment {
     ) -> Option<usize> {
         let limit = self.settings.max_concurrent_per_instance;
         let n = self.instances.len();
+        if n == 0 {
+            // A host name that has not resolved yet.
+            return None;
+        }
         let usable = |i: usize| Some(i) != exclude && self.instances[i].is_healthy();
         let first = if n == 1 {
             0
@@ -381,14 +390,26 @@ pub struct Choice {
 }
 
 impl Table {
-    /// Builds the table. Instances and metric handles of `previous` with the same deployment
-    /// (and address) are kept; the series of deployments and instances that are gone are
-    /// dropped.
+    /// Builds the table from a file with addresses only (a host-name instance gets no
+    /// instances): see [`Table::compile_resolved`].
     pub fn compile(
         cfg: &EndpointConfig,
         generation: u64,
         previous: Option<&Table>,
         metrics: &Metrics,
+    ) -> Table {
+        Table::compile_resolved(cfg, generation, previous, metrics, &Names::default())
+    }
+
+    /// Builds the table; a host-name instance stands for the addresses `names` knows for it.
+    /// Instances and metric handles of `previous` with the same deployment (and address) are
+    /// kept; the series of deployments and instances that are gone are dropped.
+    pub fn compile_resolved(
+        cfg: &EndpointConfig,
+        generation: u64,
+        previous: Option<&Table>,
+        metrics: &Metrics,
+        names: &Names,
     ) -> Table {
         let mut deployments = Vec::with_capacity(cfg.deployments.len());
         let mut cumulative = Vec::new();
@@ -400,19 +421,33 @@ impl Table {
                 |o| o.metrics.clone(),
             );
             metrics.set_weight(&d.name, d.weight);
-            let instances: Box<[Arc<Instance>]> = d
-                .instances
+            // (address, the name it came from): a name stands for its addresses; an address
+            // reached twice (two names, or a name and the address itself) counts once.
+            let mut wanted: Vec<(String, Option<&str>)> = Vec::new();
+            for written in &d.instances {
+                match names.addresses(written) {
+                    Some(addrs) => wanted.extend(
+                        addrs
+                            .iter()
+                            .map(|a| (a.to_string(), Some(written.as_str()))),
+                    ),
+                    None => wanted.push((written.clone(), None)),
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            wanted.retain(|(a, _)| seen.insert(a.clone()));
+            let instances: Box<[Arc<Instance>]> = wanted
                 .iter()
-                .filter_map(|addr| {
+                .filter_map(|(addr, from)| {
                     old.and_then(|o| o.instances.iter().find(|i| &*i.addr == addr).cloned())
-                        .or_else(|| Instance::new(addr, &d.name, &dm, metrics).map(Arc::new))
+                        .or_else(|| Instance::new(addr, *from, &d.name, &dm, metrics).map(Arc::new))
                 })
                 .collect();
             if let Some(o) = old {
                 for gone in o
                     .instances
                     .iter()
-                    .filter(|i| !d.instances.iter().any(|a| *a == *i.addr))
+                    .filter(|i| !wanted.iter().any(|(a, _)| *a == *i.addr))
                 {
                     metrics.remove_instance(&d.name, &gone.addr);
                 }
@@ -744,5 +779,88 @@ mod tests {
         assert_eq!(route("alice"), "a-dep");
         assert_eq!(route("12345"), "c-dep");
         assert_eq!(route("some long key value with spaces"), "b-dep");
+    }
+
+    #[test]
+    fn a_host_name_stands_for_its_addresses_and_kept_addresses_keep_their_instance() {
+        let src = "traffic: {blue: 100}\ndeployments:\n  blue: {instances: [scoring:80, 127.0.0.1:9001]}\n";
+        let cfg = parse_str(src, Path::new("t.yaml")).expect("valid").config;
+        let m = Metrics::new();
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().expect("address");
+        let names = |list: &[&str]| {
+            let list: Vec<_> = list.iter().map(|s| addr(s)).collect();
+            Names::default().refresh_with(&cfg, &m, |_| Ok(list.clone()))
+        };
+        let addrs = |t: &Table| -> Vec<(String, Option<String>)> {
+            t.deployments[0]
+                .instances
+                .iter()
+                .map(|i| {
+                    (
+                        i.addr.to_string(),
+                        i.discovered_from.as_deref().map(String::from),
+                    )
+                })
+                .collect()
+        };
+        let first =
+            Table::compile_resolved(&cfg, 1, None, &m, &names(&["10.0.0.1:80", "10.0.0.2:80"]));
+        let from = Some("scoring:80".to_string());
+        assert_eq!(
+            addrs(&first),
+            [
+                ("10.0.0.1:80".to_string(), from.clone()),
+                ("10.0.0.2:80".to_string(), from.clone()),
+                ("127.0.0.1:9001".to_string(), None),
+            ]
+        );
+        // 10.0.0.1 leaves, 10.0.0.3 joins: 10.0.0.2 and the written address keep their state.
+        let second = Table::compile_resolved(
+            &cfg,
+            1,
+            Some(&first),
+            &m,
+            &names(&["10.0.0.2:80", "10.0.0.3:80"]),
+        );
+        assert_eq!(
+            addrs(&second)
+                .iter()
+                .map(|a| a.0.as_str())
+                .collect::<Vec<_>>(),
+            ["10.0.0.2:80", "10.0.0.3:80", "127.0.0.1:9001"]
+        );
+        assert!(Arc::ptr_eq(
+            &first.deployments[0].instances[1],
+            &second.deployments[0].instances[0]
+        ));
+        assert!(Arc::ptr_eq(
+            &first.deployments[0].instances[2],
+            &second.deployments[0].instances[2]
+        ));
+        // A name that never resolved leaves its deployment without instances: no panic, 503.
+        let none = Table::compile_resolved(&cfg, 1, None, &m, &Names::default());
+        assert_eq!(none.deployments[0].instances.len(), 1);
+        let only_name = parse_str(
+            "deployments:\n  blue: {instances: [scoring:80]}\n",
+            Path::new("t.yaml"),
+        )
+        .expect("valid")
+        .config;
+        let empty = Table::compile_resolved(&only_name, 1, None, &m, &Names::default());
+        let d = &empty.deployments[0];
+        assert!(d.instances.is_empty());
+        assert!(d.try_copy_slot().is_none());
+        assert!(matches!(
+            block_on(d.acquire()),
+            Err(ProxyError::NoHealthyInstance)
+        ));
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f)
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 const NAME_RULE: &str =
     "is invalid: use 3 to 32 characters, lowercase letters, digits and `-`, starting with a letter";
 const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
-    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, deployments";
+    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, deployments";
 const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
     this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, \
     or `none` to silence this warning)";
@@ -1731,4 +1731,18 @@ fn a_byte_order_mark_is_not_content() {
     // And `traffic` rewrites keep it.
     let (out, _) = rewrite_traffic(&src, Path::new("t.yaml"), &[("blue".into(), 100)]).unwrap();
     assert!(out.starts_with('\u{feff}'));
+}
+
+#[test]
+fn dns_refresh_defaults_to_five_seconds_and_has_a_floor() {
+    let c = parse_str(BLUE, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.config.dns_refresh, Duration::from_secs(5));
+    let src = format!("dns_refresh_ms: 1500\n{BLUE}");
+    let c = parse_str(&src, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.config.dns_refresh, Duration::from_millis(1500));
+    let src = format!("dns_refresh_ms: 10\n{BLUE}");
+    assert_eq!(
+        errors(&src),
+        vec![d(1, 1, "dns_refresh_ms must be at least 100")]
+    );
 }

@@ -168,7 +168,14 @@ impl Backend {
     }
 
     pub async fn with(name: &str, behavior: Behavior) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::on(name, behavior, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A backend bound to `addr` (any 127.x.y.z address works on Linux loopback).
+    pub async fn on(name: &str, behavior: Behavior, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let current = Arc::new(AtomicUsize::new(0));
@@ -251,7 +258,7 @@ impl Backend {
                 });
             }
         });
-        Backend {
+        Ok(Backend {
             name: name.to_string(),
             addr,
             seen,
@@ -259,7 +266,7 @@ impl Backend {
             max,
             connections,
             task,
-        }
+        })
     }
 
     /// A backend that answers every request with `status`.
@@ -422,7 +429,21 @@ pub struct Proc {
 impl Proc {
     /// Spawns `scoregate ARGS` and waits for the stderr line containing `ready` with `addr=`.
     pub fn spawn(args: &[&str], ready: &str) -> Proc {
-        let mut child = Command::new(BIN)
+        Self::spawn_via(&[], args, ready)
+    }
+
+    /// [`Proc::spawn`] through a wrapper command: `WRAPPER... scoregate ARGS` (the wrapper
+    /// must exec the binary, so that the process is scoregate itself).
+    pub fn spawn_via(wrapper: &[&str], args: &[&str], ready: &str) -> Proc {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

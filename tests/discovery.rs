@@ -1,0 +1,189 @@
+//! DNS discovery through the system resolver: the proxy runs in a private mount namespace
+//! whose `/etc/hosts` (and `nsswitch.conf`: files only) the test writes, so a host name
+//! resolves to addresses the test controls, on 127.x loopback addresses.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Whether this machine lets the test make a private mount namespace (needs root).
+fn namespaces_work() -> bool {
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `unshare` wrapper that bind-mounts `hosts` over `/etc/hosts` and `nsswitch` over
+/// `/etc/nsswitch.conf`, then execs the binary.
+fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str) -> Vec<&'a str> {
+    vec![
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf && shift && exec \"$@\"",
+        hosts,
+        nsswitch,
+    ]
+}
+
+/// Three backends on 127.0.0.2, .3 and .4, all on one port (as pods behind one Service).
+async fn three_on_one_port() -> (Backend, Backend, Backend, u16) {
+    for _ in 0..20 {
+        let first = Backend::on("b2", Behavior::default(), "127.0.0.2:0".parse().unwrap())
+            .await
+            .unwrap();
+        let port = first.addr.port();
+        let at = |ip: &str| format!("{ip}:{port}").parse::<SocketAddr>().unwrap();
+        let (Ok(b3), Ok(b4)) = (
+            Backend::on("b3", Behavior::default(), at("127.0.0.3")).await,
+            Backend::on("b4", Behavior::default(), at("127.0.0.4")).await,
+        ) else {
+            continue;
+        };
+        return (first, b3, b4, port);
+    }
+    panic!("no port free on 127.0.0.2-4");
+}
+
+/// Rewrites the file in place (same inode), so the bind mount sees the new content.
+fn write_hosts(path: &Path, ips: &[&str]) {
+    let mut s = String::from("127.0.0.1 localhost\n");
+    for ip in ips {
+        s.push_str(&format!("{ip} scoring.test\n"));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
+    if !namespaces_work() {
+        assert!(
+            std::env::var_os("SCOREGATE_REQUIRE_PEERS").is_none(),
+            "this test needs `unshare -m` (root) and SCOREGATE_REQUIRE_PEERS is set"
+        );
+        eprintln!("SKIPPED: no private mount namespace here (needs root)");
+        return;
+    }
+    let (b2, b3, b4, port) = three_on_one_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    let nsswitch = dir.path().join("nsswitch.conf");
+    std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    write_hosts(&hosts, &["127.0.0.2", "127.0.0.3"]);
+    let name = format!("scoring.test:{port}");
+    let file = dir.path().join("endpoint.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndns_refresh_ms: 200\n\
+             traffic: {{blue: 100}}\ndeployments:\n  blue:\n    instances: [{name}]\n"
+        ),
+    )
+    .unwrap();
+    let proxy = Proc::spawn_via(
+        &wrapper(hosts.to_str().unwrap(), nsswitch.to_str().unwrap()),
+        &["run", "--config", file.to_str().unwrap()],
+        "data plane listening",
+    );
+    let admin = proxy.admin.expect("admin address");
+    let config = async || {
+        let a = get(&client(), &format!("http://{admin}/config"), &[]).await;
+        serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()
+    };
+
+    // Both addresses of the name take traffic; the third, not in the hosts file, none.
+    let load = Load::start(proxy.url("/score"), 4);
+    wait_until("traffic on .2 and .3", Duration::from_secs(5), async || {
+        b2.seen().len() > 20 && b3.seen().len() > 20
+    })
+    .await;
+    assert!(b4.seen().is_empty());
+    let c = config().await;
+    let expected = |ips: &[&str]| -> serde_json::Value {
+        ips.iter().map(|ip| format!("{ip}:{port}")).collect()
+    };
+    assert_eq!(
+        c["dns"][&name]["addresses"],
+        expected(&["127.0.0.2", "127.0.0.3"])
+    );
+    assert_eq!(
+        c["deployments"]["blue"]["instances"][0]["discovered_from"],
+        *name
+    );
+    assert_eq!(c["generation"], 1);
+
+    // A pod goes, another comes: .2 drains, .4 gets traffic, without editing the file.
+    write_hosts(&hosts, &["127.0.0.3", "127.0.0.4"]);
+    wait_until("traffic on .4", Duration::from_secs(5), async || {
+        b4.seen().len() > 20
+    })
+    .await;
+    let on_two = b2.seen().len();
+    let (three, four) = (b3.seen().len(), b4.seen().len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b2.seen().len(),
+        on_two,
+        "the removed address still got requests"
+    );
+    assert!(b3.seen().len() > three && b4.seen().len() > four);
+    let c = config().await;
+    assert_eq!(
+        c["dns"][&name]["addresses"],
+        expected(&["127.0.0.3", "127.0.0.4"])
+    );
+    assert_eq!(c["generation"], 1, "discovery is not a new file generation");
+
+    // The name stops resolving: the last addresses keep serving; the failure is reported.
+    write_hosts(&hosts, &[]);
+    let series = format!("scoregate_dns_lookup_errors_total{{name=\"{name}\"}}");
+    wait_until(
+        "a counted lookup error",
+        Duration::from_secs(5),
+        async || proxy.metrics().await.contains(&series),
+    )
+    .await;
+    let (three, four) = (b3.seen().len(), b4.seen().len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b3.seen().len() > three && b4.seen().len() > four);
+    let c = config().await;
+    assert!(c["dns"][&name]["error"].is_string(), "{c}");
+    assert_eq!(
+        c["dns"][&name]["addresses"],
+        expected(&["127.0.0.3", "127.0.0.4"])
+    );
+    assert!(proxy.log().contains("cannot resolve instance name"));
+
+    let samples = load.stop().await;
+    let failed: Vec<_> = samples
+        .iter()
+        .filter(|s| !matches!(&s.result, Ok((st, _)) if st.is_success()))
+        .collect();
+    assert!(samples.len() > 200, "only {} requests", samples.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        samples.len(),
+        failed.first().map(|s| &s.result)
+    );
+}
