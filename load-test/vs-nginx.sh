@@ -10,7 +10,8 @@
 #
 #   load-test/vs-nginx.sh                       # 3 rounds x 8 s at 32 and 256 connections
 #   ROUNDS=5 DURATION=5 CONNS="32 256" load-test/vs-nginx.sh
-#   MEMORY=1 load-test/vs-nginx.sh              # also: idle RSS, and RSS with 10,000 idle clients
+#   MEMORY=1 load-test/vs-nginx.sh              # also: idle RSS, RSS with 10,000 idle clients,
+#                                               # and RSS while 64 clients stream 1 MiB bodies both ways
 #
 # Needs nginx, wrk, curl, python3 and taskset (installed with apt-get when run as root).
 set -euo pipefail
@@ -159,4 +160,54 @@ EOF
   stop_proxy
   echo
   echo "scoregate RSS: idle $((idle / 1024)) MiB; with 10,000 idle keep-alive clients $((held / 1024)) MiB"
+
+  # 1 MiB bodies both ways at 64 clients: an echo backend sends every request body back.
+  EB=$(free_port); EPX=$(free_port); EAD=$(free_port)
+  python3 - "$EB" <<'EOF' &
+import asyncio, sys
+async def serve(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            body = await r.readexactly(n)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n + body)
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        w.close()
+async def main():
+    s = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]))
+    await s.serve_forever()
+asyncio.run(main())
+EOF
+  pids+=($!)
+  cat > "$work/echo.yaml" <<EOF
+listen: 127.0.0.1:$EPX
+admin_listen: 127.0.0.1:$EAD
+max_request_body_bytes: 2097152
+traffic: {echo: 100}
+deployments:
+  echo: {instances: ["127.0.0.1:$EB"]}
+EOF
+  cat > "$work/post1m.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("a", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+  RUST_LOG=warn taskset -c 1 "$BIN" run --config "$work/echo.yaml" >/dev/null 2>&1 &
+  proxy_pid=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null -d x "http://127.0.0.1:$EPX/" && break; sleep 0.05; done
+  before=$(awk '/VmRSS/ {print $2}' "/proc/$proxy_pid/status")
+  ( peak=0; for _ in $(seq 40); do r=$(awk '/VmRSS/ {print $2}' "/proc/$proxy_pid/status" 2>/dev/null || echo 0)
+      [ "$r" -gt "$peak" ] && peak=$r; sleep 0.25; done; echo "$peak" > "$work/peak" ) &
+  sampler=$!
+  big=$(taskset -c 0 wrk -t1 -c64 -d8s -s "$work/post1m.lua" "http://127.0.0.1:$EPX/score")
+  wait "$sampler"
+  after=$(awk '/VmRSS/ {print $2}' "/proc/$proxy_pid/status")
+  stop_proxy
+  echo "$big" | grep -E "requests in|Requests/sec|Transfer/sec|Non-2xx|Socket errors" | sed 's/^ */  /'
+  echo "scoregate RSS with 64 clients sending and receiving 1 MiB bodies: before $((before / 1024)) MiB, peak $(( $(cat "$work/peak") / 1024 )) MiB, after $((after / 1024)) MiB"
 fi

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc: fewer instructions per allocation than the system allocator on the request path.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use scoregate::app::{self, AppError};
 use scoregate::scoring::{Model, ScoreServer};
 

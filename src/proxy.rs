@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -303,6 +303,81 @@ fn append_forwarded_for(headers: &mut http::HeaderMap, peer: &Peer) {
     }
 }
 
+/// What a client connection is doing, for its watchdog: requests begun, and answers not yet
+/// fully sent. Touched by the connection's own task only (uncontended atomics).
+#[derive(Debug, Default)]
+struct Activity {
+    begun: AtomicU64,
+    busy: AtomicU32,
+}
+
+/// An answer on its way: the connection is busy until it is dropped.
+struct ActivityGuard(Arc<Activity>);
+
+impl Activity {
+    fn begin(this: &Arc<Activity>) -> ActivityGuard {
+        this.begun.fetch_add(1, Ordering::Relaxed);
+        this.busy.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(this.clone())
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body, holding the connection busy until hyper has sent (or dropped) it.
+pub struct Guarded {
+    body: ResponseBody,
+    _guard: ActivityGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = <ResponseBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Ends when the connection has been quiet for `timeout`: no answer being sent and no new
+/// request begun (an idle keep-alive connection, or a request head that never completes).
+/// Checked every eighth of `timeout`, so it closes within 1.25 × `timeout`; one timer per
+/// connection instead of one per request.
+async fn quiet_watchdog(activity: &Activity, timeout: Duration) {
+    let tick = (timeout / 8).max(Duration::from_millis(10));
+    let mut last = u64::MAX;
+    let mut quiet_since = tokio::time::Instant::now();
+    let sleep = tokio::time::sleep(tick);
+    tokio::pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        let now = tokio::time::Instant::now();
+        let begun = activity.begun.load(Ordering::Relaxed);
+        if begun != last || activity.busy.load(Ordering::Relaxed) > 0 {
+            last = begun;
+            quiet_since = now;
+        } else if now.duration_since(quiet_since) >= timeout {
+            return;
+        }
+        sleep.as_mut().reset(now + tick);
+    }
+}
+
 /// Limits on what a client may send before its request is read.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
@@ -315,6 +390,11 @@ pub struct ClientLimits {
 /// (hyper's own limit).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Largest read buffer of a connection, either side (hyper's default is about 400 KiB): a
+/// streamed body moves through it in slices this size, so 64 clients streaming large bodies
+/// hold at most a few MiB. At least [`MAX_HEAD_BYTES`], which must fit in it.
+pub const MAX_BUF_BYTES: usize = MAX_HEAD_BYTES + 1024;
+
 /// Accepts connections on `listener` until `shutdown` turns true, then stops accepting at once
 /// and lets the requests in flight finish for up to `drain`. Connection tasks log and never
 /// panic.
@@ -326,10 +406,13 @@ pub async fn serve(
     drain: Duration,
 ) {
     let mut http = http1::Builder::new();
+    // The header timeout is the connection's own watchdog (see `quiet_watchdog`): hyper's would
+    // arm and drop a timer for every request, about 5 % of a request's instructions.
     http.timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(limits.header_timeout)
-        .max_header_size(MAX_HEAD_BYTES);
+        .header_read_timeout(None)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_BUF_BYTES);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -347,19 +430,34 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let peer = Peer::new(remote);
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let conn = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req| {
                 let (proxy, peer) = (proxy.clone(), peer.clone());
+                let guard = Activity::begin(&seen);
                 // Boxed: hyper keeps the service's future inline in every client connection,
                 // idle or not, and moves it in per request.
-                Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) })
+                Box::pin(async move {
+                    let resp = proxy.handle(req, &peer).await;
+                    Ok::<_, Infallible>(resp.map(|body| Guarded {
+                        body,
+                        _guard: guard,
+                    }))
+                })
             }),
         );
         let conn = graceful.watch(conn);
+        let timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
+            tokio::select! {
+                done = conn => if let Err(e) = done {
+                    tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
+                },
+                () = quiet_watchdog(&activity, timeout) => {
+                    tracing::debug!(client = %remote, ?timeout, "no complete request in time; connection closed");
+                }
             }
         });
     }
@@ -371,5 +469,51 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(drain = ?drain, "drain deadline passed; closing the remaining connections")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long the watchdog of `activity` takes to end (paused time).
+    async fn watchdog_ends_after(activity: &Arc<Activity>, timeout: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        quiet_watchdog(activity, timeout).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_is_closed_within_a_quarter_past_its_timeout() {
+        let a = Arc::new(Activity::default());
+        let took = watchdog_ends_after(&a, Duration::from_secs(8)).await;
+        assert!(
+            took >= Duration::from_secs(8) && took <= Duration::from_secs(10),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_and_answers_in_progress_keep_the_connection() {
+        let a = Arc::new(Activity::default());
+        let timeout = Duration::from_secs(8);
+        // An answer still being sent for 60 s: never closed meanwhile.
+        let guard = Activity::begin(&a);
+        let busy = tokio::time::timeout(Duration::from_secs(60), quiet_watchdog(&a, timeout)).await;
+        assert!(busy.is_err(), "closed while an answer was being sent");
+        drop(guard);
+        // A new request every 5 s (each answered at once) keeps it open too.
+        tokio::select! {
+            () = quiet_watchdog(&a, timeout) => panic!("closed between requests 5 s apart"),
+            () = async {
+                for _ in 0..12 {
+                    drop(Activity::begin(&a));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            } => {}
+        }
+        // Then quiet: closed 8 to 10 s after the last request.
+        let took = watchdog_ends_after(&a, timeout).await;
+        assert!(took <= Duration::from_secs(10), "{took:?}");
     }
 }

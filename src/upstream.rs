@@ -133,6 +133,7 @@ pub async fn connect(authority: &str) -> std::io::Result<Conn> {
     let stream = tcp_connect(authority).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(crate::proxy::MAX_BUF_BYTES)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
