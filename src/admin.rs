@@ -125,11 +125,20 @@ impl Admin {
     /// `/readyz`: `Ok` when every deployment with weight > 0 has a healthy instance.
     pub fn readiness(&self) -> Result<(), String> {
         let table = self.loader.table().load();
-        let unready: Vec<&str> = table
+        let unready: Vec<String> = table
             .deployments
             .iter()
             .filter(|d| d.weight > 0 && !d.instances.iter().any(|i| i.is_healthy()))
-            .map(|d| &*d.name)
+            .map(|d| {
+                if d.instances.is_empty() {
+                    format!(
+                        "{} (no instances: its host names have not resolved)",
+                        d.name
+                    )
+                } else {
+                    d.name.to_string()
+                }
+            })
             .collect();
         if unready.is_empty() {
             Ok(())

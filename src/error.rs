@@ -32,6 +32,10 @@ pub enum ProxyError {
         "every instance of the deployment is ejected after failing; they are retried in the background"
     )]
     NoHealthyInstance,
+    #[error(
+        "the deployment has no instances: its host names have not resolved yet (see `dns` in /config)"
+    )]
+    NoInstances,
     #[error("could not read the request body: {0}")]
     ClientBody(String),
     #[error("the instance broke the exchange before answering")]
@@ -45,7 +49,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::UnknownPin { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoHealthyInstance => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyInstance | ProxyError::NoInstances => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::NoTraffic { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

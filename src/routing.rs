@@ -190,6 +190,9 @@ impl Deployment {
 
     /// [`Deployment::acquire`] with a queue (or no instance free right now).
     async fn acquire_queued(&self) -> Result<Slot, ProxyError> {
+        if self.instances.is_empty() {
+            return Err(ProxyError::NoInstances);
+        }
         let limit = self.settings.max_concurrent_per_instance;
         let wait = self.settings.max_queue_wait;
         let overloaded = || ProxyError::Overloaded {
@@ -852,7 +855,7 @@ mod tests {
         assert!(d.try_copy_slot().is_none());
         assert!(matches!(
             block_on(d.acquire()),
-            Err(ProxyError::NoHealthyInstance)
+            Err(ProxyError::NoInstances)
         ));
     }
 
