@@ -136,6 +136,9 @@ impl Names {
             };
             map.insert(name.clone(), entry);
         }
+        for gone in self.map.keys().filter(|n| !map.contains_key(*n)) {
+            metrics.forget_dns_name(gone);
+        }
         Names { map }
     }
 
@@ -229,11 +232,14 @@ mod tests {
         let m = Metrics::new();
         let none = Names::default().refresh_with(&cfg("[scoring:80]"), &m, |_| Err("x".into()));
         assert_eq!(none.addresses("scoring:80"), Some(&[][..]));
+        assert_eq!(m.dns_errors("scoring:80"), 1);
         let other = none.refresh_with(&cfg("[other:80]"), &m, |_| Ok(vec![addr("10.0.0.9:80")]));
         assert_eq!(
             other.entries().map(|(n, _)| n).collect::<Vec<_>>(),
             ["other:80"]
         );
+        // The series of a name no longer in the file is gone.
+        assert!(!m.render().contains("scoring:80"), "{}", m.render());
     }
 
     #[test]

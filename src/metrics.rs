@@ -223,7 +223,13 @@ impl Metrics {
         self.dns_errors.with_label_values(&[name]).inc();
     }
 
-    /// Failed lookups of `name` so far.
+    /// Drops the series of a name no longer in the file.
+    pub fn forget_dns_name(&self, name: &str) {
+        let _ = self.dns_errors.remove_label_values(&[name]);
+    }
+
+    /// Failed lookups of `name` so far (creates the series: tests only).
+    #[cfg(test)]
     pub fn dns_errors(&self, name: &str) -> u64 {
         self.dns_errors.with_label_values(&[name]).get()
     }
