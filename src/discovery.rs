@@ -9,11 +9,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
 use crate::reload::Loader;
+
+/// How long the start and a reload wait for the lookups of names new to the file.
+pub const FIRST_LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Whether an instance (as written, `host:port` or `[v6]:port`) names a host to resolve
 /// rather than an address.
@@ -27,13 +30,18 @@ pub fn is_name(instance: &str) -> bool {
     }
 }
 
-/// The addresses `instance` resolves to, sorted and without repeats. Blocking (the system
-/// resolver): call it off the async workers.
+/// The addresses `instance` resolves to, sorted and without repeats; IPv4 only when it has
+/// IPv4 addresses at all (as Envoy's `V4_PREFERRED`: servers listening on `0.0.0.0` are not
+/// reachable on the name's IPv6 addresses). Blocking (the system resolver): call it off the
+/// async workers.
 pub fn resolve(instance: &str) -> Result<Vec<SocketAddr>, String> {
     let mut addrs: Vec<SocketAddr> = instance
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
         .collect();
+    if addrs.iter().any(SocketAddr::is_ipv4) {
+        addrs.retain(SocketAddr::is_ipv4);
+    }
     addrs.sort();
     addrs.dedup();
     if addrs.is_empty() {
@@ -92,18 +100,76 @@ impl Names {
         metrics: &Metrics,
         lookup: impl Fn(&str) -> Result<Vec<SocketAddr>, String>,
     ) -> Names {
+        self.merge(cfg, metrics, |name| Some(lookup(name)))
+    }
+
+    /// [`Names::refresh_with`] through the system resolver.
+    pub fn refresh(&self, cfg: &EndpointConfig, metrics: &Metrics) -> Names {
+        self.refresh_with(cfg, metrics, resolve)
+    }
+
+    /// For the start and a reload, which must not wait on a slow resolver: names already known
+    /// keep their addresses (the periodic refresh looks them up again); names new to `cfg`
+    /// are looked up in parallel for at most `deadline`. A lookup still running then leaves
+    /// its name without addresses until a later refresh.
+    pub fn add_new(&self, cfg: &EndpointConfig, metrics: &Metrics, deadline: Duration) -> Names {
+        let new: Vec<String> = names_in(cfg)
+            .filter(|n| !self.map.contains_key(*n))
+            .map(String::from)
+            .collect();
+        let mut found: BTreeMap<String, Result<Vec<SocketAddr>, String>> = BTreeMap::new();
+        if !new.is_empty() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for name in &new {
+                let (tx, name) = (tx.clone(), name.clone());
+                // A lookup that outlives the deadline finishes in the background, unused.
+                std::thread::spawn(move || {
+                    let result = resolve(&name);
+                    let _ = tx.send((name, result));
+                });
+            }
+            let until = std::time::Instant::now() + deadline;
+            while found.len() < new.len() {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok((name, result)) => {
+                        found.insert(name, result);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.merge(cfg, metrics, |name| {
+            if self.map.contains_key(name) {
+                None
+            } else {
+                Some(found.remove(name).unwrap_or_else(|| {
+                    Err(format!(
+                        "no answer within {deadline:?}; looked up again at the next refresh"
+                    ))
+                }))
+            }
+        })
+    }
+
+    /// The names of `cfg` with `outcome` applied (`None`: keep what is known).
+    fn merge(
+        &self,
+        cfg: &EndpointConfig,
+        metrics: &Metrics,
+        mut outcome: impl FnMut(&str) -> Option<Result<Vec<SocketAddr>, String>>,
+    ) -> Names {
         let mut map = BTreeMap::new();
-        for name in cfg
-            .deployments
-            .iter()
-            .flat_map(|d| d.instances.iter())
-            .filter(|i| is_name(i))
-        {
+        for name in names_in(cfg) {
             if map.contains_key(name) {
                 continue;
             }
             let old = self.map.get(name).cloned().unwrap_or_default();
-            let entry = match lookup(name) {
+            let Some(result) = outcome(name) else {
+                map.insert(name.to_string(), old);
+                continue;
+            };
+            let entry = match result {
                 Ok(addrs) => {
                     if old.addrs != addrs {
                         tracing::info!(
@@ -134,18 +200,22 @@ impl Names {
                     }
                 }
             };
-            map.insert(name.clone(), entry);
+            map.insert(name.to_string(), entry);
         }
         for gone in self.map.keys().filter(|n| !map.contains_key(*n)) {
             metrics.forget_dns_name(gone);
         }
         Names { map }
     }
+}
 
-    /// [`Names::refresh_with`] through the system resolver.
-    pub fn refresh(&self, cfg: &EndpointConfig, metrics: &Metrics) -> Names {
-        self.refresh_with(cfg, metrics, resolve)
-    }
+/// The host-name instances of `cfg` (repeats included).
+fn names_in(cfg: &EndpointConfig) -> impl Iterator<Item = &str> {
+    cfg.deployments
+        .iter()
+        .flat_map(|d| d.instances.iter())
+        .map(String::as_str)
+        .filter(|i| is_name(i))
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
@@ -243,9 +313,31 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_looks_up_only_names_new_to_the_file() {
+        let m = Metrics::new();
+        let before = Names::default()
+            .refresh_with(&cfg("[scoring:80]"), &m, |_| Ok(vec![addr("10.0.0.1:80")]));
+        // `scoring` is known: kept without a lookup (it would not resolve here); `localhost`
+        // is new: looked up now.
+        let after = before.add_new(
+            &cfg("[scoring:80, localhost:9]"),
+            &m,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            after.addresses("scoring:80"),
+            Some(&[addr("10.0.0.1:80")][..])
+        );
+        let local = after.addresses("localhost:9").unwrap_or_default();
+        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
     fn localhost_resolves_through_the_system_resolver() {
         let addrs = resolve("localhost:9").unwrap_or_else(|e| panic!("{e}"));
         assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
+        // IPv4 is preferred: `localhost` often also has `::1`.
+        assert!(addrs.iter().all(SocketAddr::is_ipv4), "{addrs:?}");
         assert!(resolve("no-such-host.invalid:9").is_err());
     }
 }

@@ -356,8 +356,9 @@ impl hyper::body::Body for Guarded {
 
 /// Ends when the connection has been quiet for `timeout`: no answer being sent and no new
 /// request begun (an idle keep-alive connection, or a request head that never completes).
-/// Checked every eighth of `timeout`, so it closes within 1.25 × `timeout`; one timer per
-/// connection instead of one per request.
+/// Checked every eighth of `timeout`; activity is seen up to one check late, so the quiet time
+/// counted from that check must reach `timeout` plus one check: it closes after 1× to 1.25×
+/// `timeout` of quiet, never less. One timer per connection instead of one per request.
 async fn quiet_watchdog(activity: &Activity, timeout: Duration) {
     let tick = (timeout / 8).max(Duration::from_millis(10));
     let mut last = u64::MAX;
@@ -371,7 +372,7 @@ async fn quiet_watchdog(activity: &Activity, timeout: Duration) {
         if begun != last || activity.busy.load(Ordering::Relaxed) > 0 {
             last = begun;
             quiet_since = now;
-        } else if now.duration_since(quiet_since) >= timeout {
+        } else if now.duration_since(quiet_since) >= timeout + tick {
             return;
         }
         sleep.as_mut().reset(now + tick);
@@ -491,6 +492,30 @@ mod tests {
             took >= Duration::from_secs(8) && took <= Duration::from_secs(10),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_quiet_time_is_counted_from_the_end_of_the_last_answer_never_less() {
+        let timeout = Duration::from_secs(8);
+        for offset_ms in [100u64, 500, 900, 950, 1400] {
+            let a = Arc::new(Activity::default());
+            let start = tokio::time::Instant::now();
+            let answered = async {
+                // A request answered in 150 ms, between two checks or across one.
+                tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+                let guard = Activity::begin(&a);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                drop(guard);
+                tokio::time::Instant::now()
+            };
+            let (ended, ()) = tokio::join!(answered, quiet_watchdog(&a, timeout));
+            let closed = tokio::time::Instant::now();
+            assert!(
+                closed - ended >= timeout && closed - start <= ended - start + timeout * 5 / 4,
+                "offset {offset_ms} ms: closed {:?} after the answer",
+                closed - ended
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config::{self, EndpointConfig, Loaded};
-use crate::discovery::Names;
+use crate::discovery::{FIRST_LOOKUP_DEADLINE, Names};
 use crate::metrics::Metrics;
 use crate::routing::Table;
 
@@ -81,9 +81,10 @@ pub struct Loader {
 
 impl Loader {
     /// Starts from the file as loaded at start-up (generation 1). Host-name instances are
-    /// resolved first (blocking; a file of addresses only does no lookup).
+    /// looked up first, in parallel, for at most [`FIRST_LOOKUP_DEADLINE`] (blocking; a file
+    /// of addresses only does no lookup).
     pub fn new(path: &Path, loaded: &Loaded, metrics: Arc<Metrics>) -> Loader {
-        let names = Names::default().refresh(&loaded.config, &metrics);
+        let names = Names::default().add_new(&loaded.config, &metrics, FIRST_LOOKUP_DEADLINE);
         let table = Arc::new(ArcSwap::from_pointee(Table::compile_resolved(
             &loaded.config,
             1,
@@ -198,16 +199,16 @@ impl Loader {
             .as_ref()
             .map(|l| l.fingerprint.clone())
             .map_err(Clone::clone);
-        // A file that would go live has its host names looked up before the lock is taken
-        // (lookups may take seconds; the admin listener reads the state meanwhile). Names new
-        // to the file then serve from the first request.
+        // Names new to a file that would go live are looked up before the lock is taken, for
+        // at most FIRST_LOOKUP_DEADLINE: a slow resolver must not hold back a weights change.
+        // Known names keep their addresses until the periodic refresh.
         let names = match &outcome {
             Ok(l) => {
                 let known = {
                     let st = self.lock();
                     (l.fingerprint != st.applied).then(|| st.names.clone())
                 };
-                known.map(|n| n.refresh(&l.config, &self.metrics))
+                known.map(|n| n.add_new(&l.config, &self.metrics, FIRST_LOOKUP_DEADLINE))
             }
             Err(_) => None,
         };

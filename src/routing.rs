@@ -442,8 +442,13 @@ impl Table {
             let instances: Box<[Arc<Instance>]> = wanted
                 .iter()
                 .filter_map(|(addr, from)| {
-                    old.and_then(|o| o.instances.iter().find(|i| &*i.addr == addr).cloned())
-                        .or_else(|| Instance::new(addr, *from, &d.name, &dm, metrics).map(Arc::new))
+                    old.and_then(|o| {
+                        o.instances
+                            .iter()
+                            .find(|i| &*i.addr == addr && i.discovered_from.as_deref() == *from)
+                            .cloned()
+                    })
+                    .or_else(|| Instance::new(addr, *from, &d.name, &dm, metrics).map(Arc::new))
                 })
                 .collect();
             if let Some(o) = old {

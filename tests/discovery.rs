@@ -21,9 +21,9 @@ fn namespaces_work() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `unshare` wrapper that bind-mounts `hosts` over `/etc/hosts` and `nsswitch` over
-/// `/etc/nsswitch.conf`, then execs the binary.
-fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str) -> Vec<&'a str> {
+/// `unshare` wrapper that bind-mounts `hosts` over `/etc/hosts`, `nsswitch` over
+/// `/etc/nsswitch.conf` and `resolv` over `/etc/resolv.conf`, then execs the binary.
+fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str, resolv: &'a str) -> Vec<&'a str> {
     vec![
         "unshare",
         "-m",
@@ -31,9 +31,11 @@ fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str) -> Vec<&'a str> {
         "private",
         "sh",
         "-c",
-        "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf && shift && exec \"$@\"",
+        "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf \
+         && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"",
         hosts,
         nsswitch,
+        resolv,
     ]
 }
 
@@ -85,6 +87,8 @@ async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
     let hosts = dir.path().join("hosts");
     let nsswitch = dir.path().join("nsswitch.conf");
     std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
     write_hosts(&hosts, &["127.0.0.2", "127.0.0.3"]);
     let name = format!("scoring.test:{port}");
     let file = dir.path().join("endpoint.yaml");
@@ -97,7 +101,11 @@ async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
     )
     .unwrap();
     let proxy = Proc::spawn_via(
-        &wrapper(hosts.to_str().unwrap(), nsswitch.to_str().unwrap()),
+        &wrapper(
+            hosts.to_str().unwrap(),
+            nsswitch.to_str().unwrap(),
+            resolv.to_str().unwrap(),
+        ),
         &["run", "--config", file.to_str().unwrap()],
         "data plane listening",
     );
@@ -211,4 +219,94 @@ async fn localhost_is_discovered_through_the_system_resolver() {
         "{c}"
     );
     assert_eq!(c["dns"][&name]["error"], serde_json::Value::Null);
+}
+
+/// A DNS server that never answers holds back neither the start nor a weights change: names
+/// new to the file get at most 2 s, names already known are not looked up on a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resolver_that_never_answers_does_not_hold_back_a_reload() {
+    if !namespaces_work() {
+        eprintln!("SKIPPED: no private mount namespace here (`unshare -m` needs root)");
+        return;
+    }
+    let (b2, _b3, _b4, port) = three_on_one_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    write_hosts(&hosts, &["127.0.0.2"]);
+    let nsswitch = dir.path().join("nsswitch.conf");
+    std::fs::write(&nsswitch, "hosts: files dns\n").unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    // The silent DNS server: a UDP socket on port 53 (resolv.conf names no port) that never
+    // reads, so every query to it waits out glibc's timeouts (5 s, twice).
+    let silent53 = std::net::UdpSocket::bind("127.0.0.53:53")
+        .or_else(|_| std::net::UdpSocket::bind("127.0.0.54:53"));
+    let Ok(silent53) = silent53 else {
+        eprintln!("SKIPPED: cannot bind a UDP socket on port 53");
+        return;
+    };
+    let ns = silent53.local_addr().unwrap().ip();
+    std::fs::write(
+        &resolv,
+        format!("nameserver {ns}\noptions timeout:5 attempts:2\n"),
+    )
+    .unwrap();
+    let file = dir.path().join("endpoint.yaml");
+    let endpoint = |blue: u8, green: u8| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n\
+             traffic: {{blue: {blue}, green: {green}}}\ndeployments:\n\
+             \x20 blue:\n    instances: [scoring.test:{port}]\n\
+             \x20 green:\n    instances: [silent.test:{port}, 127.0.0.2:{port}]\n"
+        )
+    };
+    std::fs::write(&file, endpoint(100, 0)).unwrap();
+    let started = Instant::now();
+    let proxy = Proc::spawn_via(
+        &wrapper(
+            hosts.to_str().unwrap(),
+            nsswitch.to_str().unwrap(),
+            resolv.to_str().unwrap(),
+        ),
+        &["run", "--config", file.to_str().unwrap()],
+        "data plane listening",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "start took {:?}",
+        started.elapsed()
+    );
+    let admin = proxy.admin.expect("admin address");
+    let config = async || {
+        let a = get(&client(), &format!("http://{admin}/config"), &[]).await;
+        serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()
+    };
+    let a = get(&client(), &proxy.url("/score"), &[]).await;
+    assert_eq!(a.status, 200);
+    let c = config().await;
+    let silent_name = format!("silent.test:{port}");
+    let error = c["dns"][&silent_name]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no answer within 2s"), "{c}");
+
+    // A weights change goes live at once: the silent name is known, not looked up again.
+    let edited = Instant::now();
+    std::fs::write(&file, endpoint(50, 50)).unwrap();
+    wait_until("the new weights", Duration::from_secs(3), async || {
+        config().await["traffic"]["green"] == 50
+    })
+    .await;
+    assert!(
+        edited.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        edited.elapsed()
+    );
+    // Green's written address serves meanwhile.
+    let a = get(
+        &client(),
+        &proxy.url("/score"),
+        &[("x-api-version", "green")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(b2.seen().len() >= 2);
+    drop(silent53);
 }
