@@ -39,6 +39,26 @@ fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str, resolv: &'a str) -> Vec<&'a st
     ]
 }
 
+/// `scoregate run --config FILE` in a private mount namespace seeing the three given files.
+fn run_in_namespace(hosts: &Path, nsswitch: &Path, resolv: &Path, file: &Path) -> Proc {
+    Proc::spawn_via(
+        &wrapper(
+            hosts.to_str().unwrap(),
+            nsswitch.to_str().unwrap(),
+            resolv.to_str().unwrap(),
+        ),
+        &["run", "--config", file.to_str().unwrap()],
+        "data plane listening",
+    )
+}
+
+/// The proxy's `/config`.
+async fn config_of(proxy: &Proc) -> serde_json::Value {
+    let admin = proxy.admin.expect("admin address");
+    let a = get(&client(), &format!("http://{admin}/config"), &[]).await;
+    serde_json::from_slice(&a.body).unwrap()
+}
+
 /// Three backends on 127.0.0.2, .3 and .4, all on one port (as pods behind one Service).
 async fn three_on_one_port() -> (Backend, Backend, Backend, u16) {
     for _ in 0..20 {
@@ -100,20 +120,8 @@ async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
         ),
     )
     .unwrap();
-    let proxy = Proc::spawn_via(
-        &wrapper(
-            hosts.to_str().unwrap(),
-            nsswitch.to_str().unwrap(),
-            resolv.to_str().unwrap(),
-        ),
-        &["run", "--config", file.to_str().unwrap()],
-        "data plane listening",
-    );
-    let admin = proxy.admin.expect("admin address");
-    let config = async || {
-        let a = get(&client(), &format!("http://{admin}/config"), &[]).await;
-        serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()
-    };
+    let proxy = run_in_namespace(&hosts, &nsswitch, &resolv, &file);
+    let config = async || config_of(&proxy).await;
 
     // Both addresses of the name take traffic; the third, not in the hosts file, none.
     let load = Load::start(proxy.url("/score"), 4);
@@ -261,25 +269,13 @@ async fn a_resolver_that_never_answers_does_not_hold_back_a_reload() {
     };
     std::fs::write(&file, endpoint(100, 0)).unwrap();
     let started = Instant::now();
-    let proxy = Proc::spawn_via(
-        &wrapper(
-            hosts.to_str().unwrap(),
-            nsswitch.to_str().unwrap(),
-            resolv.to_str().unwrap(),
-        ),
-        &["run", "--config", file.to_str().unwrap()],
-        "data plane listening",
-    );
+    let proxy = run_in_namespace(&hosts, &nsswitch, &resolv, &file);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "start took {:?}",
         started.elapsed()
     );
-    let admin = proxy.admin.expect("admin address");
-    let config = async || {
-        let a = get(&client(), &format!("http://{admin}/config"), &[]).await;
-        serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()
-    };
+    let config = async || config_of(&proxy).await;
     let a = get(&client(), &proxy.url("/score"), &[]).await;
     assert_eq!(a.status, 200);
     let c = config().await;
