@@ -6,49 +6,15 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether this machine lets the test make a private mount namespace (needs root).
-fn namespaces_work() -> bool {
-    Command::new("unshare")
-        .args(["-m", "--propagation", "private", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `unshare` wrapper that bind-mounts `hosts` over `/etc/hosts`, `nsswitch` over
-/// `/etc/nsswitch.conf` and `resolv` over `/etc/resolv.conf`, then execs the binary.
-fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str, resolv: &'a str) -> Vec<&'a str> {
-    vec![
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf \
-         && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"",
-        hosts,
-        nsswitch,
-        resolv,
-    ]
-}
-
 /// `scoregate run --config FILE` in a private mount namespace seeing the three given files.
 fn run_in_namespace(hosts: &Path, nsswitch: &Path, resolv: &Path, file: &Path) -> Proc {
-    Proc::spawn_via(
-        &wrapper(
-            hosts.to_str().unwrap(),
-            nsswitch.to_str().unwrap(),
-            resolv.to_str().unwrap(),
-        ),
+    proxy_in_namespace(
+        [hosts, nsswitch, resolv],
         &["run", "--config", file.to_str().unwrap()],
-        "data plane listening",
     )
 }
 

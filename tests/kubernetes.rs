@@ -1035,21 +1035,26 @@ fn dockerfile_is_multi_stage_non_root_and_exposes_the_ports() {
 
 /// The Deployments' arguments work on the real binary: the scoring servers start with them and
 /// answer their probe paths and /score; the proxy starts with its args on the ConfigMap's file
-/// (addresses made local) and answers /readyz, /healthz, /metrics and routes.
+/// and answers /readyz, /healthz, /metrics and routes. Where a private mount namespace can be
+/// made (root), the file's host names are kept and resolved through a hosts file, each scoring
+/// server on its own loopback address (only the ports are made free ones); elsewhere the names
+/// are replaced by the servers' addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_args_run_on_the_real_binary() {
     let r = render(&deploy().join("base"));
     let checked = check_rendering("deploy/base", &r.objects);
     let c = client();
     let mut servers = BTreeMap::new();
-    for (a, paths) in &checked.scoring {
+    let by_name = namespaces_work();
+    for (n, (a, paths)) in checked.scoring.iter().enumerate() {
         let dep = flag(a, "--name").unwrap().to_string();
         let model = flag(a, "--model").unwrap_or("v1").to_string();
+        let own = format!("127.0.0.{}:0", 10 + n);
         let local: Vec<&str> = a
             .iter()
             .map(|x| {
                 if x.starts_with("0.0.0.0:") {
-                    "127.0.0.1:0"
+                    if by_name { own.as_str() } else { "127.0.0.1:0" }
                 } else {
                     x.as_str()
                 }
@@ -1081,17 +1086,39 @@ async fn deployment_args_run_on_the_real_binary() {
         &format!("0.0.0.0:{}", checked.endpoint.admin),
         "127.0.0.1:0",
     );
+    let mut hosts = String::from("127.0.0.1 localhost\n");
     for (dep, instances) in checked.endpoint.deployments() {
+        let addr = servers[&dep].addr;
         for inst in instances {
-            text = text.replace(&inst, &servers[&dep].addr.to_string());
+            let (host, _) = inst.rsplit_once(':').unwrap();
+            let to = if by_name {
+                hosts.push_str(&format!("{} {host}\n", addr.ip()));
+                format!("{host}:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            text = text.replace(&inst, &to);
         }
     }
-    let (_dir, path) = temp_file("endpoint.yaml", &text);
+    let (dir, path) = temp_file("endpoint.yaml", &text);
     let mut a = checked.proxy_args.clone();
     let i = a.iter().position(|x| x == "--config").unwrap();
     a[i + 1] = path.to_str().unwrap().to_string();
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let proxy = Proc::spawn(&a, "data plane listening");
+    let proxy = if by_name {
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let h = file("hosts", &hosts);
+        let n = file("nsswitch.conf", "hosts: files\n");
+        let r = file("resolv.conf", "nameserver 127.0.0.1\n");
+        proxy_in_namespace([&h, &n, &r], &a)
+    } else {
+        eprintln!("no private mount namespace here: instance names replaced by addresses");
+        Proc::spawn(&a, "data plane listening")
+    };
     let admin = proxy.admin.expect("admin address logged");
     for p in ["/healthz", "/readyz", "/metrics"] {
         let ans = get(&c, &format!("http://{admin}{p}"), &[]).await;
@@ -1111,6 +1138,14 @@ async fn deployment_args_run_on_the_real_binary() {
         let ans = get(&c, &proxy.url("/score"), &[("x-api-version", dep)]).await;
         assert_eq!(ans.status, 200);
         assert_eq!(ans.deployment(), dep);
+    }
+    if by_name {
+        let conf = get(&c, &format!("http://{admin}/config"), &[]).await.json();
+        for (dep, server) in &servers {
+            let instances = &conf["deployments"][dep.as_str()]["instances"];
+            assert_eq!(instances[0]["instance"], server.addr.to_string(), "{conf}");
+            assert!(instances[0]["discovered_from"].is_string(), "{conf}");
+        }
     }
 }
 

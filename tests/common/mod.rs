@@ -858,3 +858,38 @@ impl Load {
         self.samples.lock().unwrap().clone()
     }
 }
+
+/// Whether this machine lets the test make a private mount namespace (needs root).
+pub fn namespaces_work() -> bool {
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `unshare` wrapper that bind-mounts `hosts` over `/etc/hosts`, `nsswitch` over
+/// `/etc/nsswitch.conf` and `resolv` over `/etc/resolv.conf`, then execs the binary.
+pub fn wrapper<'a>(hosts: &'a str, nsswitch: &'a str, resolv: &'a str) -> Vec<&'a str> {
+    vec![
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf \
+         && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"",
+        hosts,
+        nsswitch,
+        resolv,
+    ]
+}
+
+/// `scoregate ARGS` (a proxy) in a private mount namespace that sees `files` as `/etc/hosts`,
+/// `/etc/nsswitch.conf` and `/etc/resolv.conf`.
+pub fn proxy_in_namespace(files: [&Path; 3], args: &[&str]) -> Proc {
+    let [h, n, r] = files.map(|p| p.to_str().unwrap());
+    Proc::spawn_via(&wrapper(h, n, r), args, "data plane listening")
+}
