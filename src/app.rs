@@ -99,13 +99,7 @@ pub fn check(path: &Path) -> Result<(String, String), ConfigError> {
             k.file.display()
         ));
     }
-    let names: Vec<&str> = c
-        .deployments
-        .iter()
-        .flat_map(|d| d.instances.iter())
-        .filter(|i| crate::discovery::is_name(i))
-        .map(String::as_str)
-        .collect();
+    let names: Vec<&str> = crate::discovery::names_in(c).collect();
     if !names.is_empty() {
         report.push_str(&format!(
             "host names, resolved to all their addresses at start and every {}: {}\n",

@@ -210,7 +210,7 @@ impl Names {
 }
 
 /// The host-name instances of `cfg` (repeats included).
-fn names_in(cfg: &EndpointConfig) -> impl Iterator<Item = &str> {
+pub fn names_in(cfg: &EndpointConfig) -> impl Iterator<Item = &str> {
     cfg.deployments
         .iter()
         .flat_map(|d| d.instances.iter())

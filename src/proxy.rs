@@ -329,7 +329,7 @@ impl Drop for ActivityGuard {
 }
 
 /// The response body, holding the connection busy until hyper has sent (or dropped) it.
-pub struct Guarded {
+struct Guarded {
     body: ResponseBody,
     _guard: ActivityGuard,
 }

@@ -46,7 +46,6 @@ struct State {
     applied: String,
     /// The endpoint file's text behind the live table.
     source: String,
-    name: Option<String>,
     generation: u64,
     listen: SocketAddr,
     admin_listen: SocketAddr,
@@ -102,7 +101,6 @@ impl Loader {
                 last_seen: Ok(loaded.fingerprint.clone()),
                 applied: loaded.fingerprint.clone(),
                 source: loaded.source.clone(),
-                name: loaded.config.name.clone(),
                 generation: 1,
                 listen: loaded.config.listen,
                 admin_listen: loaded.config.admin_listen,
@@ -127,12 +125,7 @@ impl Loader {
             let st = self.lock();
             (st.config.clone(), st.names.clone(), st.generation)
         };
-        if !cfg
-            .deployments
-            .iter()
-            .flat_map(|d| d.instances.iter())
-            .any(|i| crate::discovery::is_name(i))
-        {
+        if crate::discovery::names_in(&cfg).next().is_none() {
             return false;
         }
         // Resolved without the lock: lookups may take seconds.
@@ -175,7 +168,7 @@ impl Loader {
     pub fn status(&self) -> Status {
         let st = self.lock();
         Status {
-            name: st.name.clone(),
+            name: st.config.name.clone(),
             generation: st.generation,
             loaded_at: st.loaded_at,
             last_error: st.last_error.clone(),
@@ -263,10 +256,6 @@ impl Loader {
         );
         self.table.store(Arc::new(table));
         st.names = names;
-        st.config = Arc::new(cfg.clone());
-        st.applied = loaded.fingerprint.clone();
-        st.source = loaded.source.clone();
-        st.name = cfg.name.clone();
         st.loaded_at = SystemTime::now();
         self.metrics.config_generation.set(st.generation as i64);
         tracing::info!(
@@ -275,6 +264,9 @@ impl Loader {
             ?trigger,
             "endpoint file reloaded: new table live"
         );
+        st.applied = loaded.fingerprint;
+        st.source = loaded.source;
+        st.config = Arc::new(loaded.config);
         true
     }
 

@@ -18,13 +18,6 @@ fn run_in_namespace(hosts: &Path, nsswitch: &Path, resolv: &Path, file: &Path) -
     )
 }
 
-/// The proxy's `/config`.
-async fn config_of(proxy: &Proc) -> serde_json::Value {
-    let admin = proxy.admin.expect("admin address");
-    let a = get(&client(), &format!("http://{admin}/config"), &[]).await;
-    serde_json::from_slice(&a.body).unwrap()
-}
-
 /// Three backends on 127.0.0.2, .3 and .4, all on one port (as pods behind one Service).
 async fn three_on_one_port() -> (Backend, Backend, Backend, u16) {
     for _ in 0..20 {
@@ -53,14 +46,6 @@ fn write_hosts(path: &Path, ips: &[&str]) {
     std::fs::write(path, s).unwrap();
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
     if !namespaces_work() {
@@ -87,7 +72,7 @@ async fn a_host_name_stands_for_all_its_addresses_and_follows_them() {
     )
     .unwrap();
     let proxy = run_in_namespace(&hosts, &nsswitch, &resolv, &file);
-    let config = async || config_of(&proxy).await;
+    let config = async || admin_get(&proxy, "/config").await.json();
 
     // Both addresses of the name take traffic; the third, not in the hosts file, none.
     let load = Load::start(proxy.url("/score"), 4);
@@ -181,9 +166,7 @@ async fn localhost_is_discovered_through_the_system_resolver() {
     let a = get(&client(), &proxy.url("/score"), &[]).await;
     assert_eq!(a.status, 200);
     assert_eq!(blue.seen().len(), 1);
-    let admin = proxy.admin.expect("admin address");
-    let c = get(&client(), &format!("http://{admin}/config"), &[]).await;
-    let c: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    let c = admin_get(&proxy, "/config").await.json();
     let addrs = c["dns"][&name]["addresses"]
         .as_array()
         .cloned()
@@ -241,7 +224,7 @@ async fn a_resolver_that_never_answers_does_not_hold_back_a_reload() {
         "start took {:?}",
         started.elapsed()
     );
-    let config = async || config_of(&proxy).await;
+    let config = async || admin_get(&proxy, "/config").await.json();
     let a = get(&client(), &proxy.url("/score"), &[]).await;
     assert_eq!(a.status, 200);
     let c = config().await;

@@ -1140,7 +1140,7 @@ async fn deployment_args_run_on_the_real_binary() {
         assert_eq!(ans.deployment(), dep);
     }
     if by_name {
-        let conf = get(&c, &format!("http://{admin}/config"), &[]).await.json();
+        let conf = admin_get(&proxy, "/config").await.json();
         for (dep, server) in &servers {
             let instances = &conf["deployments"][dep.as_str()]["instances"];
             assert_eq!(instances[0]["instance"], server.addr.to_string(), "{conf}");

@@ -45,15 +45,6 @@ fn series(text: &str, prefix: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-async fn admin_get(proxy: &Proc, path: &str) -> Answer {
-    get(
-        &client(),
-        &format!("http://{}{path}", proxy.admin.unwrap()),
-        &[],
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_counted_exactly_by_deployment_code_and_pin() {
     let blue = Backend::start("blue").await;

@@ -10,18 +10,6 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn instance_healthy(proxy: &Proc, deployment: &str, instance: &str) -> f64 {
     proxy
         .metric(&format!(

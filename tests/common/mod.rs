@@ -893,3 +893,21 @@ pub fn proxy_in_namespace(files: [&Path; 3], args: &[&str]) -> Proc {
     let [h, n, r] = files.map(|p| p.to_str().unwrap());
     Proc::spawn_via(&wrapper(h, n, r), args, "data plane listening")
 }
+
+/// GET `path` on the process's admin listener.
+pub async fn admin_get(proxy: &Proc, path: &str) -> Answer {
+    let admin = proxy.admin.expect("the process logged its admin address");
+    get(&client(), &format!("http://{admin}{path}"), &[]).await
+}
+
+/// Polls `check` until it holds, failing the test after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
