@@ -113,7 +113,8 @@ impl Names {
     /// are looked up in parallel for at most `deadline`. A lookup still running then leaves
     /// its name without addresses until a later refresh.
     pub fn add_new(&self, cfg: &EndpointConfig, metrics: &Metrics, deadline: Duration) -> Names {
-        let new: Vec<String> = names_in(cfg)
+        // Once each: a name in two deployments is one lookup.
+        let new: std::collections::BTreeSet<String> = names_in(cfg)
             .filter(|n| !self.map.contains_key(*n))
             .map(String::from)
             .collect();
@@ -319,10 +320,17 @@ mod tests {
             .refresh_with(&cfg("[scoring:80]"), &m, |_| Ok(vec![addr("10.0.0.1:80")]));
         // `scoring` is known: kept without a lookup (it would not resolve here); `localhost`
         // is new: looked up now.
+        // `localhost` twice (two deployments may name it): still one wait, not the deadline.
+        let started = std::time::Instant::now();
         let after = before.add_new(
-            &cfg("[scoring:80, localhost:9]"),
+            &cfg("[scoring:80, localhost:9]\n  green:\n    instances: [localhost:9]"),
             &m,
             Duration::from_secs(5),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
         );
         assert_eq!(
             after.addresses("scoring:80"),

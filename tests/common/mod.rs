@@ -352,9 +352,10 @@ pub fn blue_green_file(blue: &Backend, green: &Backend, b: u8, g: u8) -> String 
         .yaml()
 }
 
-/// A port on which nothing listens (bound, then closed).
+/// A port on which nothing listens (bound, then closed), on a loopback address no other test
+/// binds, so that no backend started meanwhile can take the freed port.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.250:0").unwrap();
     l.local_addr().unwrap()
 }
 
