@@ -6,7 +6,8 @@
 # Both proxies do a 90/10 random split, honour `x-api-version: blue|green`, add `x-deployment`
 # and keep upstream connections alive. Each round measures every (connections, proxy) pair with a
 # fresh proxy; the report gives medians of requests per second, p99 latency and the proxy's CPU
-# time per request (utime+stime of its processes from /proc), and each ratio to nginx.
+# time per request (utime+stime of its processes from /proc) with the kernel's share of it (the
+# loopback TCP work of its system calls), and each ratio to nginx.
 #
 #   load-test/vs-nginx.sh                       # 3 rounds x 8 s at 32 and 256 connections
 #   ROUNDS=5 DURATION=5 CONNS="32 256" load-test/vs-nginx.sh
@@ -79,14 +80,15 @@ EOF
 taskset -c 1 nginx -c "$work/backends.conf" -p "$work" & pids+=($!)
 sleep 0.5
 
-# CPU ticks (utime+stime) of a process and its children.
+# CPU ticks of a process and its children: "user kernel" (utime, stime).
 ticks() {
-  local total=0 p
+  local user=0 kernel=0 p u k
   for p in "$1" $(pgrep -P "$1" || true); do
     [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    read -r u k < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    user=$((user + u)); kernel=$((kernel + k))
   done
-  echo "$total"
+  echo "$user $kernel"
 }
 
 start_proxy() {
@@ -117,9 +119,11 @@ for round in $(seq "$ROUNDS"); do
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
       errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-      us=$(python3 -c "print(round(($t1-$t0)/$hz*1e6/max($reqs,1),2))")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$proxy" "$rps" "$p99" "$us" >> "$results"
-      printf 'round %s c=%-4s %-9s %9s req/s  p99 %7s ms  CPU %6s us/req %s\n' "$round" "$c" "$proxy" "$rps" "$p99" "$us" "$errs" >&2
+      read -r us kus < <(python3 -c "
+u0, k0, u1, k1 = map(int, '$t0 $t1'.split()); n = max($reqs, 1) * ($hz / 1e6)
+print(round((u1 - u0 + k1 - k0) / n, 2), round((k1 - k0) / n, 2))")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$proxy" "$rps" "$p99" "$us" "$kus" >> "$results"
+      printf 'round %s c=%-4s %-9s %9s req/s  p99 %7s ms  CPU %6s us/req (kernel %s) %s\n' "$round" "$c" "$proxy" "$rps" "$p99" "$us" "$kus" "$errs" >&2
     done
   done
 done
@@ -128,17 +132,19 @@ python3 - "$results" <<'EOF'
 import sys, statistics, collections
 rows = [l.split('\t') for l in open(sys.argv[1]).read().split('\n') if l]
 by = collections.defaultdict(list)
-for r, c, p, rps, p99, us in rows:
-    by[(int(c), p)].append((int(r), float(rps), float(p99), float(us)))
-print("| conns | proxy | req/s | p99 ms | CPU us/req | req/s x nginx | p99 x nginx | CPU/req x nginx |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|")
+for r, c, p, rps, p99, us, kus in rows:
+    by[(int(c), p)].append((int(r), float(rps), float(p99), float(us), float(kus)))
+# Kernel = the proxy's time in system calls (loopback TCP): the share no user-space work removes.
+print("| conns | proxy | req/s | p99 ms | CPU us/req | of it kernel | req/s x nginx | p99 x nginx | CPU/req x nginx |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 for c in sorted({k[0] for k in by}):
-    ng = {r: (a, b, d) for r, a, b, d in by[(c, "nginx")]}
+    ng = {x[0]: x[1:] for x in by[(c, "nginx")]}
     for p in ("nginx", "scoregate"):
         v = by[(c, p)]
         med = lambda i: statistics.median(x[i] for x in v)
         ratio = lambda i: statistics.median(x[i] / ng[x[0]][i - 1] for x in v if x[0] in ng)
-        print(f"| {c} | {p} | {med(1):,.0f} | {med(2):.2f} | {med(3):.1f} | {ratio(1):.2f} | {ratio(2):.2f} | {ratio(3):.2f} |")
+        kshare = statistics.median(x[4] / x[3] for x in v if x[3] > 0) if any(x[3] > 0 for x in v) else 0
+        print(f"| {c} | {p} | {med(1):,.0f} | {med(2):.2f} | {med(3):.1f} | {kshare:.0%} | {ratio(1):.2f} | {ratio(2):.2f} | {ratio(3):.2f} |")
 EOF
 
 if [ "${MEMORY:-0}" = 1 ]; then
