@@ -172,16 +172,19 @@ async fn copy(
         mirror.dropped.inc();
         return;
     };
-    let req = Request::from_parts(head, RequestBody::copy(body));
+    let mut pending = Some(Request::from_parts(head, RequestBody::copy(body)));
     let exchange = async {
-        let (resp, conn) =
-            upstream::send(&slot.instance.pool, slot.instance.authority.as_str(), req)
-                .await
-                .map_err(|f| match f {
-                    upstream::Failure::Client(_) => true,
-                    upstream::Failure::Broken(e) => upstream::caused_by::<Abandoned>(&e),
-                    upstream::Failure::Connect(..) => false,
-                })?;
+        let (resp, conn) = upstream::send(
+            &slot.instance.pool,
+            slot.instance.authority.as_str(),
+            &mut pending,
+        )
+        .await
+        .map_err(|f| match f {
+            upstream::Failure::Client(_) => true,
+            upstream::Failure::Broken(e) => upstream::caused_by::<Abandoned>(&e),
+            upstream::Failure::Connect(..) => false,
+        })?;
         let status = resp.status();
         resp.into_body().collect().await.map_err(|_| false)?;
         slot.instance.pool.checkin(conn);

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::config;
 use crate::error::{ProxyError, error_response};
 use crate::mirror::Mirroring;
-use crate::routing::{Deployment, Instance, Slot, Table};
+use crate::routing::{Choice, Deployment, Instance, Slot, Table};
 use crate::upstream::{self, Failure, RequestBody, ResponseBody};
 
 static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
@@ -45,102 +45,105 @@ impl Proxy {
         }
     }
 
-    /// Serves one request. Never fails: every error becomes a JSON answer.
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
+    /// Serves one request. Never fails: every error becomes a JSON answer, and `finish` turns
+    /// the answer into what the connection sends.
+    ///
+    /// The checks, the choice of deployment and the header rewrites run here, before the future
+    /// is built; the future then borrows the request from one slot down to the instance. Futures
+    /// that take the request by value keep a dead copy of it per layer: this way the whole
+    /// future is about a third of the size, which matters because it is allocated per request.
+    pub fn handle<T, F>(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+        finish: F,
+    ) -> impl Future<Output = T> + Send + use<T, F>
+    where
+        F: FnOnce(Response<ResponseBody>) -> T + Send + 'static,
+    {
         let start = Instant::now();
+        let proxy = self.clone();
         // The request keeps this table until it ends, whatever reloads happen meanwhile.
         let table = self.table.load_full();
         let pinned = req.headers().contains_key(&table.pin_header);
-        match self.forward(&table, req, peer).await {
-            Ok((resp, index)) => {
-                table.deployments[index].metrics.request(
-                    resp.status().as_u16(),
-                    pinned,
-                    start.elapsed(),
-                );
-                resp
-            }
-            Err((err, dep)) => {
-                let dep = dep.map(|i| &table.deployments[i]);
-                let m = dep.map_or(&table.unrouted, |d| &d.metrics);
-                if let Some(kind) = err.upstream_kind() {
-                    m.upstream_error(kind);
+        let (choice, mut pending, sent, early) = match prepare(&table, req, peer) {
+            Ok(p) => (p.choice, Some(p.request), p.sent, None),
+            Err(e) => (Choice::default(), None, None, Some(e)),
+        };
+        async move {
+            let outcome = match early {
+                Some(e) => Err(e),
+                None => {
+                    proxy
+                        .forward(&table, choice, &mut pending, sent.as_deref())
+                        .await
                 }
-                m.request(err.status().as_u16(), pinned, start.elapsed());
-                error_response(&err, dep.map(|d| &d.header_value))
-            }
+            };
+            finish(match outcome {
+                Ok(resp) => {
+                    table.deployments[choice.index].metrics.request(
+                        resp.status().as_u16(),
+                        pinned,
+                        start.elapsed(),
+                    );
+                    resp
+                }
+                Err((err, dep)) => {
+                    let dep = dep.map(|i| &table.deployments[i]);
+                    let m = dep.map_or(&table.unrouted, |d| &d.metrics);
+                    if let Some(kind) = err.upstream_kind() {
+                        m.upstream_error(kind);
+                    }
+                    m.request(err.status().as_u16(), pinned, start.elapsed());
+                    error_response(&err, dep.map(|d| &d.header_value))
+                }
+            })
         }
     }
 
+    /// Waits for a slot on the chosen deployment, then exchanges the request in `pending` with
+    /// one of its instances within the deployment's request timeout.
     async fn forward(
         &self,
         table: &Arc<Table>,
-        req: Request<Incoming>,
-        peer: &Peer,
-    ) -> Result<(Response<ResponseBody>, usize), (ProxyError, Option<usize>)> {
-        let limit = table.max_request_body_bytes;
-        if let Some(keys) = &table.keys
-            && !authorized(req.headers(), keys)
-        {
-            return Err((ProxyError::Unauthorized, None));
-        }
-        if let Some(len) = content_length(req.headers())
-            && len > limit
-        {
-            drain_in_background(req.into_body());
-            return Err((ProxyError::BodyTooLarge { limit }, None));
-        }
-        let choice = table
-            .choose_for(req.headers(), &mut rand::rng())
-            .map_err(|e| (e, None))?;
+        choice: Choice,
+        pending: &mut Option<Request<RequestBody>>,
+        sent: Option<&AtomicBool>,
+    ) -> Result<Response<ResponseBody>, (ProxyError, Option<usize>)> {
         let dep = &table.deployments[choice.index];
         let at = |e| (e, Some(choice.index));
         let slot = dep.acquire().await.map_err(at)?;
-
-        let (mut parts, body) = req.into_parts();
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::EXPECT);
-        append_forwarded_for(&mut parts.headers, peer);
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(slot.instance.authority.as_str())
+        let mirrored = !choice.pinned && table.mirror.is_some();
+        let no_host = pending
+            .as_ref()
+            .is_some_and(|r| !r.headers().contains_key(header::HOST));
+        if (mirrored || no_host)
+            && let Some(req) = pending.take()
         {
-            parts.headers.insert(header::HOST, v);
+            let (mut parts, body) = req.into_parts();
+            if no_host && let Ok(v) = HeaderValue::from_str(slot.instance.authority.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+            let tee = if mirrored {
+                let roll = rand::rng().random_range(0..100u8);
+                self.mirroring.start(table, &parts, body.size_hint(), roll)
+            } else {
+                None
+            };
+            *pending = Some(Request::from_parts(parts, body.with_tee(tee)));
         }
-        // HTTP/1 origin form towards the instance.
-        let path = parts.uri.path_and_query().cloned();
-        parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-        parts.version = http::Version::HTTP_11;
-        if table.keys.is_some() {
-            // The key is scoregate's: the instance never sees it.
-            parts.headers.remove(header::AUTHORIZATION);
-        }
-        let tee = if choice.pinned || table.mirror.is_none() {
-            None
-        } else {
-            let roll = rand::rng().random_range(0..100u8);
-            self.mirroring.start(table, &parts, body.size_hint(), roll)
-        };
-        // A timeout while the client is still sending its body is not the instance's fault.
-        let sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        let upstream_req = Request::from_parts(
-            parts,
-            RequestBody::new(body, limit)
-                .with_tee(tee)
-                .with_sent_flag(sent.clone()),
-        );
 
         let timeout = dep.settings.request_timeout;
         let timeout_ms = timeout.as_millis() as u64;
         // The instance being tried, for charging a timeout to the right one.
         let mut current = slot.instance.clone();
-        // Built inside the call: a named future would take its room twice in this one.
         let (resp, conn, slot) =
-            match tokio::time::timeout(timeout, exchange(dep, slot, upstream_req, &mut current))
-                .await
-            {
+            match tokio::time::timeout(timeout, exchange(dep, slot, pending, &mut current)).await {
                 Ok(Ok(done)) => done,
                 Ok(Err(e)) => return Err(at(e)),
                 Err(_) => {
+                    // A timeout while the client is still sending its body is not the
+                    // instance's fault.
                     if sent.is_none_or(|s| s.load(Ordering::Relaxed)) {
                         current.record_failure();
                     }
@@ -159,29 +162,84 @@ impl Proxy {
         parts
             .headers
             .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
-        Ok((
-            Response::from_parts(parts, ResponseBody::upstream(body, slot, conn, timeout)),
-            choice.index,
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, slot, conn, timeout),
         ))
     }
 }
 
-/// Sends the request to the slot's instance and waits for the answer's head. A refused
-/// connection is tried once more on another instance of the deployment (nothing was sent);
-/// `current` follows the instance being tried.
+/// A request checked and rewritten for the instance, and the deployment chosen for it.
+struct Prepared {
+    choice: Choice,
+    request: Request<RequestBody>,
+    /// Set once the client's body has been sent whole (None: the request has no body).
+    sent: Option<Arc<AtomicBool>>,
+}
+
+/// Everything about a request that needs no waiting: the key, the declared body size, the
+/// choice of deployment, and the head as the instance gets it (hop-by-hop headers removed,
+/// `x-forwarded-for` appended, origin-form target, the key removed).
+fn prepare(
+    table: &Table,
+    req: Request<Incoming>,
+    peer: &Peer,
+) -> Result<Prepared, (ProxyError, Option<usize>)> {
+    let limit = table.max_request_body_bytes;
+    if let Some(keys) = &table.keys
+        && !authorized(req.headers(), keys)
+    {
+        return Err((ProxyError::Unauthorized, None));
+    }
+    if let Some(len) = content_length(req.headers())
+        && len > limit
+    {
+        drain_in_background(req.into_body());
+        return Err((ProxyError::BodyTooLarge { limit }, None));
+    }
+    let choice = table
+        .choose_for(req.headers(), &mut rand::rng())
+        .map_err(|e| (e, None))?;
+    let (mut parts, body) = req.into_parts();
+    upstream::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    append_forwarded_for(&mut parts.headers, peer);
+    // HTTP/1 origin form towards the instance.
+    let path = parts.uri.path_and_query().cloned();
+    parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    parts.version = http::Version::HTTP_11;
+    if table.keys.is_some() {
+        // The key is scoregate's: the instance never sees it.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    let sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    let request = Request::from_parts(
+        parts,
+        RequestBody::new(body, limit).with_sent_flag(sent.clone()),
+    );
+    Ok(Prepared {
+        choice,
+        request,
+        sent,
+    })
+}
+
+/// Sends the request in `pending` to the slot's instance and waits for the answer's head. A
+/// refused connection is tried once more on another instance of the deployment (nothing was
+/// sent); `current` follows the instance being tried.
 async fn exchange(
     dep: &Deployment,
     mut slot: Slot,
-    mut req: Request<RequestBody>,
+    pending: &mut Option<Request<RequestBody>>,
     current: &mut Arc<Instance>,
 ) -> Result<(Response<Incoming>, upstream::Conn, Slot), ProxyError> {
     let mut retried = false;
     loop {
         let instance = slot.instance.clone();
         *current = instance.clone();
-        match upstream::send(&instance.pool, instance.authority.as_str(), req).await {
+        match upstream::send(&instance.pool, instance.authority.as_str(), pending).await {
             Ok((resp, conn)) => return Ok((resp, conn, slot)),
-            Err(Failure::Connect(e, back)) => {
+            Err(Failure::Connect(e)) => {
                 instance.record_failure();
                 tracing::warn!(
                     deployment = %dep.name,
@@ -198,7 +256,6 @@ async fn exchange(
                     Ok(s) => slot = s,
                     Err(_) => return Err(ProxyError::Connect),
                 }
-                req = *back;
             }
             Err(Failure::Broken(e)) => {
                 let err = upstream::classify(&e);
@@ -436,17 +493,15 @@ pub async fn serve(
         let conn = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req| {
-                let (proxy, peer) = (proxy.clone(), peer.clone());
                 let guard = Activity::begin(&seen);
                 // Boxed: hyper keeps the service's future inline in every client connection,
                 // idle or not, and moves it in per request.
-                Box::pin(async move {
-                    let resp = proxy.handle(req, &peer).await;
+                Box::pin(proxy.handle(req, &peer, move |resp| {
                     Ok::<_, Infallible>(resp.map(|body| Guarded {
                         body,
                         _guard: guard,
                     }))
-                })
+                }))
             }),
         );
         let conn = graceful.watch(conn);

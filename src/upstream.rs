@@ -151,8 +151,9 @@ pub async fn connect(authority: &str) -> std::io::Result<Conn> {
 /// How an exchange with an instance failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// No connection could be made: nothing was sent; the request comes back for a retry.
-    Connect(std::io::Error, Box<Request<RequestBody>>),
+    /// No connection could be made: nothing was sent; the request is back in its `pending` slot
+    /// for a retry.
+    Connect(std::io::Error),
     /// The exchange broke after the request was (partly) sent.
     Broken(hyper::Error),
     /// The client's body could not be read (or passed the limit) before sending.
@@ -196,66 +197,75 @@ async fn prepare_replay(req: Request<RequestBody>) -> Result<Replay, Failure> {
     Ok(Replay { parts, body, limit })
 }
 
-/// Sends `req` to the instance behind `pool` and `authority`, on an idle pooled connection when
-/// there is one. A request that a closed pooled connection could not take is sent on another;
-/// a request on a connection that sat idle for a while is kept (small bodies) and sent again on
-/// a new connection if that one closes without answering.
+/// Sends the request in `pending` to the instance behind `pool` and `authority`, on an idle
+/// pooled connection when there is one. A request that a closed pooled connection could not take
+/// is sent on another; a request on a connection that sat idle for a while is kept (small bodies)
+/// and sent again on a new connection if that one closes without answering.
+///
+/// The request is taken from `pending` when it is handed to a connection, and put back whenever
+/// it comes back unsent, so after [`Failure::Connect`] it is there for another instance. It is
+/// borrowed rather than moved in so that the request's future holds it once, not once per layer.
 pub async fn send(
     pool: &Pool,
     authority: &str,
-    mut req: Request<RequestBody>,
+    pending: &mut Option<Request<RequestBody>>,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     while let Some(mut conn) = pool.checkout() {
-        let small = req
-            .body()
-            .size_hint()
-            .upper()
+        let small = pending
+            .as_ref()
+            .and_then(|r| r.body().size_hint().upper())
             .is_some_and(|n| n <= REPLAY_MAX_BODY);
         if small && conn.idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE) {
-            // Cold paths are boxed: they would otherwise grow every request's future (which
-            // hyper keeps per client connection) by their state.
+            // Cold paths are boxed: they would otherwise grow every request's future by their
+            // state.
             return Box::pin(async move {
-                let replay = prepare_replay(req).await?;
-                send_replayable(authority, conn, replay).await
+                let replay = prepare_replay(take(pending)?).await?;
+                send_replayable(authority, conn, replay, pending).await
             })
             .await;
         }
         if conn.sender.ready().await.is_err() {
             continue;
         }
-        match conn.sender.try_send_request(req).await {
+        match conn.sender.try_send_request(take(pending)?).await {
             Ok(resp) => return Ok((resp, conn)),
             Err(mut e) => match e.take_message() {
                 // Never written: the connection was closed. Try the next one.
-                Some(r) => req = r,
+                Some(r) => *pending = Some(r),
                 None => return Err(Failure::Broken(e.into_error())),
             },
         }
     }
     Box::pin(async move {
-        match connect(authority).await {
-            Ok(conn) => send_on_new(conn, req).await,
-            Err(e) => Err(Failure::Connect(e, Box::new(req))),
-        }
+        let conn = connect(authority).await.map_err(Failure::Connect)?;
+        send_on_new(conn, pending).await
     })
     .await
 }
 
+/// The request waiting in `pending`. Always there when a send starts; an empty slot is reported
+/// as an error rather than trusted.
+fn take(pending: &mut Option<Request<RequestBody>>) -> Result<Request<RequestBody>, Failure> {
+    pending
+        .take()
+        .ok_or_else(|| Failure::Client("no request left to send".into()))
+}
+
 async fn send_on_new(
     mut conn: Conn,
-    req: Request<RequestBody>,
+    pending: &mut Option<Request<RequestBody>>,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     if conn.sender.ready().await.is_err() {
         let e = std::io::Error::other("the new connection closed before use");
-        return Err(Failure::Connect(e, Box::new(req)));
+        return Err(Failure::Connect(e));
     }
-    match conn.sender.try_send_request(req).await {
+    match conn.sender.try_send_request(take(pending)?).await {
         Ok(resp) => Ok((resp, conn)),
         Err(mut e) => match e.take_message() {
-            Some(r) => Err(Failure::Connect(
-                std::io::Error::other(e.into_error()),
-                Box::new(r),
-            )),
+            Some(r) => {
+                *pending = Some(r);
+                Err(Failure::Connect(std::io::Error::other(e.into_error())))
+            }
             None => Err(Failure::Broken(e.into_error())),
         },
     }
@@ -265,6 +275,7 @@ async fn send_replayable(
     authority: &str,
     mut conn: Conn,
     replay: Replay,
+    pending: &mut Option<Request<RequestBody>>,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let mut written = None;
     if conn.sender.ready().await.is_ok() {
@@ -281,12 +292,16 @@ async fn send_replayable(
             }
         }
     }
+    *pending = Some(replay.request());
     match connect(authority).await {
-        Ok(conn) => send_on_new(conn, replay.request()).await,
-        // Once written, the request is not offered to another instance as well.
+        Ok(conn) => send_on_new(conn, pending).await,
         Err(e) => match written {
-            Some(first) => Err(Failure::Broken(first)),
-            None => Err(Failure::Connect(e, Box::new(replay.request()))),
+            // Once written, the request is not offered to another instance as well.
+            Some(first) => {
+                *pending = None;
+                Err(Failure::Broken(first))
+            }
+            None => Err(Failure::Connect(e)),
         },
     }
 }
