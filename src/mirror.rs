@@ -172,7 +172,7 @@ async fn copy(
         mirror.dropped.inc();
         return;
     };
-    let mut pending = Some(Request::from_parts(head, RequestBody::copy(body)));
+    let mut pending = Some(Box::new(Request::from_parts(head, RequestBody::copy(body))));
     let exchange = async {
         let (resp, conn) = upstream::send(
             &slot.instance.pool,

@@ -386,7 +386,7 @@ fn sticky_bound(cumulative_percent: u32) -> u32 {
 }
 
 /// The outcome of choosing a deployment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
     pub index: usize,
     pub pinned: bool,

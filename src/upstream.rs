@@ -197,6 +197,10 @@ async fn prepare_replay(req: Request<RequestBody>) -> Result<Replay, Failure> {
     Ok(Replay { parts, body, limit })
 }
 
+/// A request waiting to be sent, boxed: the request's future holds this slot for its whole
+/// life, and a box keeps that future small enough for the allocator's fast path.
+pub type Pending = Option<Box<Request<RequestBody>>>;
+
 /// Sends the request in `pending` to the instance behind `pool` and `authority`, on an idle
 /// pooled connection when there is one. A request that a closed pooled connection could not take
 /// is sent on another; a request on a connection that sat idle for a while is kept (small bodies)
@@ -208,9 +212,13 @@ async fn prepare_replay(req: Request<RequestBody>) -> Result<Replay, Failure> {
 pub async fn send(
     pool: &Pool,
     authority: &str,
-    pending: &mut Option<Request<RequestBody>>,
+    pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
-    while let Some(mut conn) = pool.checkout() {
+    // Not `while let`: its scrutinee would be kept across the awaits in the loop.
+    loop {
+        let Some(mut conn) = pool.checkout() else {
+            break;
+        };
         let small = pending
             .as_ref()
             .and_then(|r| r.body().size_hint().upper())
@@ -219,7 +227,8 @@ pub async fn send(
             // Cold paths are boxed: they would otherwise grow every request's future by their
             // state.
             return Box::pin(async move {
-                let replay = prepare_replay(take(pending)?).await?;
+                let req = take(pending)?;
+                let replay = prepare_replay(req).await?;
                 send_replayable(authority, conn, replay, pending).await
             })
             .await;
@@ -227,11 +236,13 @@ pub async fn send(
         if conn.sender.ready().await.is_err() {
             continue;
         }
-        match conn.sender.try_send_request(take(pending)?).await {
+        // Bound first: a temporary in the awaited expression would be kept across the await.
+        let req = take(pending)?;
+        match conn.sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, conn)),
             Err(mut e) => match e.take_message() {
                 // Never written: the connection was closed. Try the next one.
-                Some(r) => *pending = Some(r),
+                Some(r) => *pending = Some(Box::new(r)),
                 None => return Err(Failure::Broken(e.into_error())),
             },
         }
@@ -245,25 +256,27 @@ pub async fn send(
 
 /// The request waiting in `pending`. Always there when a send starts; an empty slot is reported
 /// as an error rather than trusted.
-fn take(pending: &mut Option<Request<RequestBody>>) -> Result<Request<RequestBody>, Failure> {
-    pending
-        .take()
-        .ok_or_else(|| Failure::Client("no request left to send".into()))
+fn take(pending: &mut Pending) -> Result<Request<RequestBody>, Failure> {
+    match pending.take() {
+        Some(req) => Ok(*req),
+        None => Err(Failure::Client("no request left to send".into())),
+    }
 }
 
 async fn send_on_new(
     mut conn: Conn,
-    pending: &mut Option<Request<RequestBody>>,
+    pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     if conn.sender.ready().await.is_err() {
         let e = std::io::Error::other("the new connection closed before use");
         return Err(Failure::Connect(e));
     }
-    match conn.sender.try_send_request(take(pending)?).await {
+    let req = take(pending)?;
+    match conn.sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, conn)),
         Err(mut e) => match e.take_message() {
             Some(r) => {
-                *pending = Some(r);
+                *pending = Some(Box::new(r));
                 Err(Failure::Connect(std::io::Error::other(e.into_error())))
             }
             None => Err(Failure::Broken(e.into_error())),
@@ -275,7 +288,7 @@ async fn send_replayable(
     authority: &str,
     mut conn: Conn,
     replay: Replay,
-    pending: &mut Option<Request<RequestBody>>,
+    pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let mut written = None;
     if conn.sender.ready().await.is_ok() {
@@ -292,7 +305,7 @@ async fn send_replayable(
             }
         }
     }
-    *pending = Some(replay.request());
+    *pending = Some(Box::new(replay.request()));
     match connect(authority).await {
         Ok(conn) => send_on_new(conn, pending).await,
         Err(e) => match written {
