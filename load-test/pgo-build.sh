@@ -27,7 +27,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 echo "pgo-build: instrumented build" >&2
-RUSTFLAGS="-Cprofile-generate=$work/profiles" cargo build --release --target-dir target/pgo-instrumented
+RUSTFLAGS="-Cprofile-generate=$work/profiles" cargo build --release --locked --bin scoregate \
+  --target-dir target/pgo-instrumented
 gen=target/pgo-instrumented/release/scoregate
 
 # listen_addr LOG WHAT: the address a process logged as "WHAT listening" (port 0 was asked for).
@@ -69,5 +70,5 @@ kill -TERM "$proxy"; wait "$proxy" || true
 
 "$profdata" merge -o "$work/scoregate.profdata" "$work/proxy"
 echo "pgo-build: optimised build" >&2
-RUSTFLAGS="-Cprofile-use=$work/scoregate.profdata" cargo build --release
+RUSTFLAGS="-Cprofile-use=$work/scoregate.profdata" cargo build --release --locked --bin scoregate
 echo "pgo-build: target/release/scoregate is the profile-guided build" >&2
