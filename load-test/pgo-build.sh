@@ -8,7 +8,8 @@
 #   load-test/pgo-build.sh            # then: target/release/scoregate run --config FILE
 #
 # Needs llvm-profdata matching rustc's LLVM: taken from rustup's llvm-tools component, which is
-# added when missing. Everything runs on 127.0.0.1 ports picked by the system; about 3 minutes.
+# added when missing. Everything runs on 127.0.0.1 ports picked by the system; 3 to 6 minutes
+# (two release builds and about 15 s of training load).
 # A later plain `cargo build --release` replaces the binary with an ordinary build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
