@@ -24,11 +24,16 @@ fi
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# Stopped processes write their profiles as they exit: wait for them before removing the files.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work" || true
+}
 trap cleanup EXIT
 
 echo "pgo-build: instrumented build" >&2
-RUSTFLAGS="-Cprofile-generate=$work/profiles" cargo build --release --locked --bin scoregate \
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$work/profiles" cargo build --release --locked --bin scoregate \
   --target-dir target/pgo-instrumented
 gen=target/pgo-instrumented/release/scoregate
 
@@ -62,14 +67,18 @@ proxy=$!; pids+=($proxy)
 url="http://$(listen_addr "$work/proxy.log" "data plane")/score"
 
 echo "pgo-build: training load through $url" >&2
-load() { LLVM_PROFILE_FILE=$aside "$gen" load "$@" >/dev/null; }
+load() {
+  LLVM_PROFILE_FILE=$aside "$gen" load "$@" >"$work/load.txt" 2>&1 ||
+    { echo "pgo-build: the training load failed:" >&2; cat "$work/load.txt" >&2; exit 1; }
+}
 load --duration 4s --concurrency 32 "$url"
 load --duration 3s --concurrency 256 "$url"
 load --duration 2s --concurrency 16 --pin green "$url"
 load --duration 2s --concurrency 16 --data '{"data": [[1.0, 2.0, 3.0]]}' "$url"
 kill -TERM "$proxy"; wait "$proxy" || true
+pids=("${pids[@]:0:2}") # the proxy is gone: only the scoring servers are left to stop
 
 "$profdata" merge -o "$work/scoregate.profdata" "$work/proxy"
 echo "pgo-build: optimised build" >&2
-RUSTFLAGS="-Cprofile-use=$work/scoregate.profdata" cargo build --release --locked --bin scoregate
-echo "pgo-build: target/release/scoregate is the profile-guided build" >&2
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$work/scoregate.profdata" cargo build --release --locked --bin scoregate
+echo "pgo-build: ${CARGO_TARGET_DIR:-target}/release/scoregate is the profile-guided build" >&2

@@ -42,6 +42,9 @@ pub enum ProxyError {
     Protocol,
     #[error("the instance did not answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    /// A fault of scoregate's own; never the client's or an instance's.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
@@ -58,6 +61,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect | ProxyError::Protocol => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

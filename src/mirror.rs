@@ -183,7 +183,7 @@ async fn copy(
         .map_err(|f| match f {
             upstream::Failure::Client(_) => true,
             upstream::Failure::Broken(e) => upstream::caused_by::<Abandoned>(&e),
-            upstream::Failure::Connect(..) => false,
+            upstream::Failure::Connect(_) | upstream::Failure::Lost => false,
         })?;
         let status = resp.status();
         resp.into_body().collect().await.map_err(|_| false)?;

@@ -272,6 +272,12 @@ async fn exchange(
                     None => ProxyError::ClientBody(upstream::describe(&*e)),
                 });
             }
+            Err(Failure::Lost) => {
+                tracing::error!(deployment = %dep.name, "the request was lost before it was sent");
+                return Err(ProxyError::Internal(
+                    "the request was lost before it was sent",
+                ));
+            }
         }
     }
 }

@@ -158,6 +158,8 @@ pub enum Failure {
     Broken(hyper::Error),
     /// The client's body could not be read (or passed the limit) before sending.
     Client(Box<dyn StdError + Send + Sync>),
+    /// There was no request left in the slot to send: a fault of scoregate's own.
+    Lost,
 }
 
 /// A request that can be sent again: the head and a fully read body.
@@ -259,7 +261,7 @@ pub async fn send(
 fn take(pending: &mut Pending) -> Result<Request<RequestBody>, Failure> {
     match pending.take() {
         Some(req) => Ok(*req),
-        None => Err(Failure::Client("no request left to send".into())),
+        None => Err(Failure::Lost),
     }
 }
 
@@ -306,16 +308,18 @@ async fn send_replayable(
         }
     }
     *pending = Some(Box::new(replay.request()));
-    match connect(authority).await {
+    let result = match connect(authority).await {
         Ok(conn) => send_on_new(conn, pending).await,
-        Err(e) => match written {
-            // Once written, the request is not offered to another instance as well.
-            Some(first) => {
-                *pending = None;
-                Err(Failure::Broken(first))
-            }
-            None => Err(Failure::Connect(e)),
-        },
+        Err(e) => Err(Failure::Connect(e)),
+    };
+    match (result, written) {
+        // Once written, the request is not offered to another instance as well: a new
+        // connection to this one that fails before use ends the exchange.
+        (Err(Failure::Connect(_)), Some(first)) => {
+            *pending = None;
+            Err(Failure::Broken(first))
+        }
+        (result, _) => result,
     }
 }
 
