@@ -119,16 +119,11 @@ impl Default for Mirroring {
 }
 
 impl Mirroring {
-    /// Starts a copy of a request whose head is `parts` and whose body has `size`, when the
-    /// table has a mirror and the dice say so. Returns the tee to feed with the live body
-    /// (`None`: no copy, or a body that needs no tee because it is empty).
-    pub fn start(
-        &self,
-        table: &Arc<Table>,
-        parts: &http::request::Parts,
-        size: SizeHint,
-        roll: u8,
-    ) -> Option<Tee> {
+    /// Starts a copy of `req` (its head now, its body as it streams), when the table has a
+    /// mirror and the dice say so. Returns the tee to feed with the live body (`None`: no copy,
+    /// or a body that needs no tee because it is empty).
+    pub fn start(&self, table: &Arc<Table>, req: &Request<RequestBody>, roll: u8) -> Option<Tee> {
+        let size = req.body().size_hint();
         let mirror = table.mirror.as_ref()?;
         if roll >= mirror.percent {
             return None;
@@ -141,7 +136,7 @@ impl Mirroring {
             mirror.dropped.inc();
             return None;
         }
-        let (head, ()) = upstream::copy_head(parts, ()).into_parts();
+        let (head, ()) = upstream::copy_head(req, ()).into_parts();
         let empty = size.exact() == Some(0);
         let (tx, rx) = mpsc::channel(CHANNEL);
         let body = CopyBody {

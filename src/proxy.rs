@@ -109,24 +109,17 @@ impl Proxy {
         let dep = &table.deployments[choice.index];
         let at = |e| (e, Some(choice.index));
         let slot = dep.acquire().await.map_err(at)?;
-        let mirrored = !choice.pinned && table.mirror.is_some();
-        let no_host = pending
-            .as_ref()
-            .is_some_and(|r| !r.headers().contains_key(header::HOST));
-        if (mirrored || no_host)
-            && let Some(req) = pending.take()
-        {
-            let (mut parts, body) = (*req).into_parts();
-            if no_host && let Ok(v) = HeaderValue::from_str(slot.instance.authority.as_str()) {
-                parts.headers.insert(header::HOST, v);
+        if let Some(req) = pending.as_deref_mut() {
+            if !req.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(slot.instance.authority.as_str())
+            {
+                req.headers_mut().insert(header::HOST, v);
             }
-            let tee = if mirrored {
+            if !choice.pinned && table.mirror.is_some() {
                 let roll = rand::rng().random_range(0..100u8);
-                self.mirroring.start(table, &parts, body.size_hint(), roll)
-            } else {
-                None
-            };
-            *pending = Some(Box::new(Request::from_parts(parts, body.with_tee(tee))));
+                let tee = self.mirroring.start(table, req, roll);
+                req.body_mut().set_tee(tee);
+            }
         }
 
         let timeout = dep.settings.request_timeout;

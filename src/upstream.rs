@@ -164,7 +164,7 @@ pub enum Failure {
 
 /// A request that can be sent again: the head and a fully read body.
 struct Replay {
-    parts: http::request::Parts,
+    head: Request<()>,
     body: Bytes,
     limit: u64,
 }
@@ -172,19 +172,19 @@ struct Replay {
 impl Replay {
     fn request(&self) -> Request<RequestBody> {
         copy_head(
-            &self.parts,
+            &self.head,
             RequestBody::buffered(self.body.clone(), self.limit),
         )
     }
 }
 
-/// A request with a copy of `parts`' method, URI, version and headers, and `body`.
-pub fn copy_head<B>(parts: &http::request::Parts, body: B) -> Request<B> {
+/// A request with a copy of `from`'s method, URI, version and headers, and `body`.
+pub fn copy_head<A, B>(from: &Request<A>, body: B) -> Request<B> {
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
+    *req.method_mut() = from.method().clone();
+    *req.uri_mut() = from.uri().clone();
+    *req.version_mut() = from.version();
+    *req.headers_mut() = from.headers().clone();
     req
 }
 
@@ -196,7 +196,11 @@ async fn prepare_replay(req: Request<RequestBody>) -> Result<Replay, Failure> {
         .await
         .map_err(Failure::Client)?
         .to_bytes();
-    Ok(Replay { parts, body, limit })
+    Ok(Replay {
+        head: Request::from_parts(parts, ()),
+        body,
+        limit,
+    })
 }
 
 /// A request waiting to be sent, boxed: the request's future holds this slot for its whole
@@ -418,9 +422,8 @@ impl RequestBody {
     }
 
     /// Copies every frame to a mirrored request as it streams.
-    pub fn with_tee(mut self, tee: Option<Tee>) -> Self {
+    pub fn set_tee(&mut self, tee: Option<Tee>) {
         self.tee = tee;
-        self
     }
 
     fn inner_ended(&self) -> bool {

@@ -1373,23 +1373,7 @@ async fn configmap_update_reaches_two_replicas_without_a_failed_request() {
 
     // Not one failed request, on either replica, through both updates; no failed reload.
     for (i, l) in loads.into_iter().enumerate() {
-        let samples = l.stop().await;
-        let failed: Vec<_> = samples
-            .iter()
-            .filter(|smp| !matches!(&smp.result, Ok((st, _)) if st.is_success()))
-            .collect();
-        assert!(
-            samples.len() > 100,
-            "replica {i}: too little load: {}",
-            samples.len()
-        );
-        assert!(
-            failed.is_empty(),
-            "replica {i}: {} of {} requests failed, first: {:?}",
-            failed.len(),
-            samples.len(),
-            failed[0]
-        );
+        l.stop_without_failures(100, &format!("replica {i}")).await;
     }
     for p in &replicas {
         assert_eq!(

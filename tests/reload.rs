@@ -72,19 +72,9 @@ impl Rig {
 
     /// Stops the load and asserts that not one request failed.
     async fn finish(self) {
-        let samples = self.load.stop().await;
-        let failed: Vec<_> = samples
-            .iter()
-            .filter(|s| !matches!(&s.result, Ok((st, _)) if st.is_success()))
-            .collect();
-        assert!(samples.len() > 100, "too little load: {}", samples.len());
-        assert!(
-            failed.is_empty(),
-            "{} of {} requests failed, first: {:?}",
-            failed.len(),
-            samples.len(),
-            failed[0]
-        );
+        self.load
+            .stop_without_failures(100, "load across reloads")
+            .await;
     }
 }
 

@@ -710,6 +710,13 @@ pub struct Sample {
     pub result: Result<(StatusCode, String), String>,
 }
 
+impl Sample {
+    /// A 2xx answer.
+    pub fn succeeded(&self) -> bool {
+        matches!(&self.result, Ok((st, _)) if st.is_success())
+    }
+}
+
 /// Sustained keep-alive GET load through the proxy from `conns` concurrent clients.
 pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -770,8 +777,27 @@ impl Load {
     pub fn failures(&self) -> Vec<Sample> {
         self.samples()
             .into_iter()
-            .filter(|s| !matches!(&s.result, Ok((st, _)) if st.is_success()))
+            .filter(|s| !s.succeeded())
             .collect()
+    }
+
+    /// Stops the load and asserts that more than `more_than` requests were made and not one
+    /// failed; `what` names the load in the messages.
+    pub async fn stop_without_failures(self, more_than: usize, what: &str) {
+        let samples = self.stop().await;
+        let failed: Vec<_> = samples.iter().filter(|s| !s.succeeded()).collect();
+        assert!(
+            samples.len() > more_than,
+            "{what}: too little load: {}",
+            samples.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {} requests failed, first: {:?}",
+            failed.len(),
+            samples.len(),
+            failed.first().map(|s| &s.result)
+        );
     }
 
     /// Waits until an answer from `deployment` to a request started after `since` has arrived,
