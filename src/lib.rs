@@ -7,6 +7,7 @@
 //! server in [`scoring`].
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod admin;
 pub mod app;
 pub mod config;
