@@ -9,7 +9,8 @@ use http::HeaderValue;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use scoregate::config::parse_str;
-use scoregate::routing::Table;
+use scoregate::discovery::Names;
+use scoregate::routing::compile;
 
 const FILE: &str = "traffic: {blue: 90, green: 10}\ndeployments:\n  blue: {instances: [127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9003]}\n  green: {instances: [127.0.0.1:9101, 127.0.0.1:9102]}\n";
 
@@ -17,7 +18,7 @@ fn routing(c: &mut Criterion) {
     let cfg = parse_str(FILE, Path::new("bench.yaml"))
         .expect("valid")
         .config;
-    let table = Table::compile(&cfg, 1, None, &scoregate::metrics::Metrics::new());
+    let table = compile(&cfg, &Names::default(), None).apply(&scoregate::metrics::Metrics::new());
     let table = arc_swap::ArcSwap::from_pointee(table);
     let mut rng = SmallRng::seed_from_u64(1);
     c.bench_function(
@@ -27,9 +28,8 @@ fn routing(c: &mut Criterion) {
                 let t = table.load();
                 let choice = t.choose(None, &mut rng).unwrap();
                 let d = &t.deployments[choice.index];
-                let i = d.pick_instance(&mut rng, None).expect("no limit");
-                d.instances[i].release_for_bench();
-                black_box(i)
+                let pick = d.pick(&mut rng, None).expect("no limit");
+                black_box(pick.instance());
             })
         },
     );
@@ -39,9 +39,8 @@ fn routing(c: &mut Criterion) {
             let t = table.load();
             let choice = t.choose(Some(black_box(&pin)), &mut rng).unwrap();
             let d = &t.deployments[choice.index];
-            let i = d.pick_instance(&mut rng, None).expect("no limit");
-            d.instances[i].release_for_bench();
-            black_box(i)
+            let pick = d.pick(&mut rng, None).expect("no limit");
+            black_box(pick.instance());
         })
     });
     let mut thread_rng = rand::rng();
@@ -52,9 +51,8 @@ fn routing(c: &mut Criterion) {
                 let t = table.load();
                 let choice = t.choose(None, &mut thread_rng).unwrap();
                 let d = &t.deployments[choice.index];
-                let i = d.pick_instance(&mut thread_rng, None).expect("no limit");
-                d.instances[i].release_for_bench();
-                black_box(i)
+                let pick = d.pick(&mut thread_rng, None).expect("no limit");
+                black_box(pick.instance());
             })
         },
     );

@@ -96,6 +96,12 @@ impl fmt::Display for InstanceAddr {
     }
 }
 
+impl PartialEq<&str> for InstanceAddr {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.text == *other
+    }
+}
+
 impl FromStr for InstanceAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -129,7 +135,10 @@ mod tests {
     fn addresses_and_names_are_told_apart() {
         let a = InstanceAddr::parse("10.0.0.5:8080").expect("valid");
         assert!(!a.is_name());
-        assert_eq!(a.socket_addr(), Some("10.0.0.5:8080".parse().expect("addr")));
+        assert_eq!(
+            a.socket_addr(),
+            Some("10.0.0.5:8080".parse().expect("addr"))
+        );
         let v6 = InstanceAddr::parse("[::1]:9").expect("valid");
         assert_eq!(v6.socket_addr(), Some("[::1]:9".parse().expect("addr")));
         let n = InstanceAddr::parse("scoring-blue.ns.svc.cluster.local:8080").expect("valid");
@@ -146,10 +155,19 @@ mod tests {
         assert_eq!(err("::1:80"), "an IPv6 instance is written [address]:port");
         assert_eq!(err("[zz]:80"), "`zz` is not an IPv6 address");
         assert_eq!(err("h:0"), "port `0` is not a number from 1 to 65535");
-        assert_eq!(err("h:70000"), "port `70000` is not a number from 1 to 65535");
+        assert_eq!(
+            err("h:70000"),
+            "port `70000` is not a number from 1 to 65535"
+        );
         assert_eq!(err(":80"), "the host is missing");
-        assert_eq!(err("bad_host:80"), "`bad_host` is not an IP address or a DNS name");
-        assert_eq!(err("10.0.0.300:80"), "`10.0.0.300` is not an IP address or a DNS name");
+        assert_eq!(
+            err("bad_host:80"),
+            "`bad_host` is not an IP address or a DNS name"
+        );
+        assert_eq!(
+            err("10.0.0.300:80"),
+            "`10.0.0.300` is not an IP address or a DNS name"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The admin listener (`admin_listen`): `/metrics`, `/healthz`, `/readyz`, `/config`, and the
+//! Layer 6 (tools): the admin listener (`admin_listen`): `/metrics`, `/healthz`, `/readyz`, `/config`, and the
 //! live status page at `/` with its `/status.json`. Beside the data path, on its own socket so
 //! that scrapes never queue behind scoring traffic.
 
@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::control::Loader;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
-use crate::reload::Loader;
 use crate::routing::Table;
 
 /// The status page, one self-contained file.
@@ -174,8 +174,8 @@ impl Admin {
                     .iter()
                     .map(|i| {
                         json!({
-                            "instance": &*i.addr,
-                            "discovered_from": i.discovered_from.as_deref(),
+                            "instance": i.addr().as_str(),
+                            "discovered_from": i.discovered_from().map(|n| n.as_str()),
                             "healthy": i.is_healthy(),
                             "in_flight": i.in_flight(),
                         })
@@ -242,7 +242,7 @@ impl Admin {
                 let instances: Vec<Value> = d
                     .instances
                     .iter()
-                    .map(|i| json!({"instance": &*i.addr, "healthy": i.is_healthy(), "in_flight": i.in_flight()}))
+                    .map(|i| json!({"instance": i.addr().as_str(), "healthy": i.is_healthy(), "in_flight": i.in_flight()}))
                     .collect();
                 json!({
                     "name": &*d.name,
@@ -418,11 +418,11 @@ mod readiness_tests {
         assert_eq!(admin.readiness(), Ok(()));
         let table = loader.table().load_full();
         // A 0% deployment without healthy instances does not make the proxy unready.
-        table.deployments[1].instances[0].set_healthy(false);
+        table.deployments[1].instances[0].eject();
         assert_eq!(admin.readiness(), Ok(()));
-        table.deployments[0].instances[0].set_healthy(false);
+        table.deployments[0].instances[0].eject();
         assert_eq!(admin.readiness(), Ok(()));
-        table.deployments[0].instances[1].set_healthy(false);
+        table.deployments[0].instances[1].eject();
         assert_eq!(
             admin.readiness(),
             Err("no healthy instance in deployment(s) with traffic: blue".into())

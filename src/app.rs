@@ -1,5 +1,6 @@
-//! The commands behind the CLI: `check`, `run`, `demo`, `score-server`. Wires the config, the
-//! table, the listeners and the servers together; `main.rs` only parses arguments.
+//! Layer 7 (CLI): the commands behind the command line, each wiring the layers below:
+//! `check`, `traffic`, `swap`, `run`, `demo`, `score-server`, `rollout`, `load`. `cli` parses
+//! the arguments and calls these.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,12 +9,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use std::process::ExitCode;
+
 use crate::admin::{self, Admin};
 use crate::config::{self, ConfigError, EndpointConfig, Loaded};
-use crate::health;
+use crate::control::{self, Loader};
+use crate::discovery::names_in;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientLimits, Proxy};
-use crate::reload::{self, Loader, traffic_map};
 use crate::scoring::{Model, ScoreServer};
 
 /// A failure that stops a command, with the message the user sees.
@@ -62,13 +65,114 @@ pub fn traffic_table(cfg: &EndpointConfig) -> String {
             "{:<width$}  {:>5}%  {}\n",
             d.name,
             d.weight,
-            d.instances.join(", ")
+            d.instances
+                .iter()
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if cfg.total_weight() == 0 {
         out.push_str("no deployment takes unpinned traffic: such requests get 503\n");
     }
     out
+}
+
+/// `scoregate check PATH`: the report on stdout and the warnings on stderr (exit 0), or the
+/// errors (exit 1).
+pub fn check_command(path: &Path) -> ExitCode {
+    match check(path) {
+        Ok((report, warnings)) => {
+            eprint!("{warnings}");
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `scoregate traffic PATH [name=weight ...]`: shows the traffic table, or sets weights.
+pub fn traffic(path: &Path, weights: &[String]) -> Result<String, String> {
+    if weights.is_empty() {
+        return check(path)
+            .map(|(report, _)| report)
+            .map_err(|e| e.to_string());
+    }
+    crate::ops::parse_assignments(path, weights)
+        .and_then(|a| crate::ops::set_weights(path, &a))
+        .map(|w| {
+            format!(
+                "{}: traffic set: {}\n",
+                path.display(),
+                crate::ops::show(&w, "")
+            )
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// `scoregate swap PATH`.
+pub fn swap(path: &Path) -> Result<String, String> {
+    crate::ops::swap(path)
+        .map(|w| {
+            format!(
+                "{}: swapped: {}\n",
+                path.display(),
+                crate::ops::show(&w, "")
+            )
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// `scoregate rollout`: exit 0 when completed, 2 when rolled back, 1 when stopped.
+pub async fn rollout(path: &Path, opts: &crate::rollout::Options) -> ExitCode {
+    use crate::rollout::Outcome;
+    match crate::rollout::run(path, opts).await {
+        Ok(Outcome::Completed) => ExitCode::SUCCESS,
+        Ok(Outcome::RolledBack(why)) => {
+            eprintln!("rollout rolled back: {why}");
+            ExitCode::from(2)
+        }
+        Ok(Outcome::Aborted(why)) => {
+            eprintln!("rollout stopped: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `scoregate load`: the report on stdout; exit 1 when a request failed.
+pub async fn load(opts: crate::loadgen::Options) -> ExitCode {
+    match crate::loadgen::run(opts).await {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit of a serving command: its error on stderr, exit 1.
+pub fn exit(result: Result<(), AppError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `scoregate check PATH`: the report printed on success.
@@ -99,7 +203,7 @@ pub fn check(path: &Path) -> Result<(String, String), ConfigError> {
             k.file.display()
         ));
     }
-    let names: Vec<&str> = crate::discovery::names_in(c).collect();
+    let names: Vec<&str> = names_in(c).map(|n| n.as_str()).collect();
     if !names.is_empty() {
         report.push_str(&format!(
             "host names, resolved to all their addresses at start and every {}: {}\n",
@@ -122,7 +226,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
 pub struct Running {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub loader: Arc<Loader>,
     stop: tokio::sync::watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
 }
@@ -151,7 +254,7 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
     tracing::info!(
         file = %path.display(),
         generation = 1,
-        traffic = %traffic_map(cfg),
+        traffic = %cfg.traffic_summary(),
         "endpoint file loaded"
     );
     tokio::spawn(admin::serve(
@@ -165,14 +268,11 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(proxy::serve(listener, proxy, limits, stopped, drain));
-    tokio::spawn(reload::watch(loader.clone()));
-    tokio::spawn(health::run(loader.clone()));
-    tokio::spawn(crate::discovery::run(loader.clone()));
+    control::spawn(loader.clone());
     tracing::info!(addr = %listen, "data plane listening");
     Ok(Running {
         listen,
         admin_listen,
-        loader,
         stop,
         serving,
     })
@@ -213,9 +313,9 @@ pub async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
             _ => Model::V2,
         };
         for inst in &d.instances {
-            let addr: SocketAddr = match inst.parse() {
-                Ok(a) => a,
-                Err(_) => {
+            let addr: SocketAddr = match inst.socket_addr() {
+                Some(a) => a,
+                None => {
                     tracing::warn!(instance = %inst, "demo starts scoring servers only on IP:PORT instances");
                     continue;
                 }

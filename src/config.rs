@@ -4,11 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
+
+use crate::addr::InstanceAddr;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_yaml as yaml;
@@ -135,7 +137,7 @@ pub struct DeploymentConfig {
     /// Live weight 0–100 (0 when the deployment is not named in `traffic`).
     pub weight: u8,
     /// Instances exactly as written in the file (`host:port`, `[v6]:port`).
-    pub instances: Vec<String>,
+    pub instances: Vec<InstanceAddr>,
     pub request: RequestSettings,
 }
 
@@ -224,6 +226,15 @@ impl EndpointConfig {
     /// Sum of live weights: 100, or 0 when no deployment takes unpinned traffic.
     pub fn total_weight(&self) -> u32 {
         self.deployments.iter().map(|d| u32::from(d.weight)).sum()
+    }
+
+    /// `blue=90 green=10`: the weights in table order, for logs.
+    pub fn traffic_summary(&self) -> String {
+        self.deployments
+            .iter()
+            .map(|d| format!("{}={}", d.name, d.weight))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -951,15 +962,13 @@ impl Validator<'_> {
                 Some(list) => {
                     for (i, inst) in list.iter().enumerate() {
                         let p = [K("deployments"), K(name), K("instances"), I(i)];
-                        if let Err(why) = check_instance(inst) {
-                            self.error(&p, format!("instance `{inst}`: {why}"));
-                        } else if instances.contains(inst) {
-                            self.error(
+                        match InstanceAddr::parse(inst) {
+                            Err(why) => self.error(&p, format!("instance `{inst}`: {why}")),
+                            Ok(a) if instances.contains(&a) => self.error(
                                 &p,
                                 format!("instance `{inst}` is listed twice in deployment `{name}`"),
-                            );
-                        } else {
-                            instances.push(inst.clone());
+                            ),
+                            Ok(a) => instances.push(a),
                         }
                     }
                 }
@@ -1231,54 +1240,6 @@ impl Validator<'_> {
         }
         s
     }
-}
-
-/// Checks `host:port`, `[v6]:port`.
-fn check_instance(s: &str) -> Result<(), String> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let Some((h, p)) = rest.split_once("]:") else {
-            return Err("an IPv6 instance is written [address]:port".into());
-        };
-        if h.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("`{h}` is not an IPv6 address"));
-        }
-        (h, p)
-    } else {
-        let Some((h, p)) = s.rsplit_once(':') else {
-            return Err("expected host:port, like 127.0.0.1:9001".into());
-        };
-        if h.contains(':') {
-            return Err("an IPv6 instance is written [address]:port".into());
-        }
-        (h, p)
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(format!("port `{port}` is not a number from 1 to 65535")),
-    }
-    if host.is_empty() {
-        return Err("the host is missing".into());
-    }
-    if host.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let valid_dns = host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    // A last label of digits only is a mistyped IPv4 address, not a DNS name (RFC 3696 2).
-    let numeric_tld = host
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
-    if !valid_dns || numeric_tld {
-        return Err(format!("`{host}` is not an IP address or a DNS name"));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,41 +1,29 @@
-//! Instance discovery by DNS. Beside the data path: an instance written as `host:port` with a
-//! host name (a Kubernetes headless Service, say) stands for every address the name resolves
-//! to through the system resolver (`/etc/hosts`, then DNS). The names are resolved again every
-//! `dns_refresh_ms` (default 5 s); a changed address set only signals the [`Loader`], which
-//! compiles a new table from the same file (same generation). Removed addresses drain: requests
+//! Layer 2 (instance addresses): an instance written as `host:port` with a host name (a
+//! Kubernetes headless Service, say) stands for every address the name resolves to through the
+//! system resolver (`/etc/hosts`, then DNS). [`Names`] is what is known of the file's names;
+//! `control::dns` resolves them again every `dns_refresh_ms` (default 5 s) and only signals the
+//! loader, which compiles a new table from the same file (same generation). Removed addresses drain: requests
 //! in flight keep their instance until they end. A failed lookup, or one with no addresses,
 //! keeps the last known addresses, and is logged and counted.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, SystemTime};
 
+use crate::addr::InstanceAddr;
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
-use crate::reload::Loader;
 
 /// How long the start and a reload wait for the lookups of names new to the file.
 pub const FIRST_LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Whether an instance (as written, `host:port` or `[v6]:port`) names a host to resolve
-/// rather than an address.
-pub fn is_name(instance: &str) -> bool {
-    if instance.starts_with('[') {
-        return false;
-    }
-    match instance.rsplit_once(':') {
-        Some((host, _)) => host.parse::<IpAddr>().is_err(),
-        None => false,
-    }
-}
 
 /// The addresses `instance` resolves to, sorted and without repeats; IPv4 only when it has
 /// IPv4 addresses at all (as Envoy's `V4_PREFERRED`: servers listening on `0.0.0.0` are not
 /// reachable on the name's IPv6 addresses). Blocking (the system resolver): call it off the
 /// async workers.
-pub fn resolve(instance: &str) -> Result<Vec<SocketAddr>, String> {
+pub fn resolve(instance: &InstanceAddr) -> Result<Vec<SocketAddr>, String> {
     let mut addrs: Vec<SocketAddr> = instance
+        .as_str()
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
         .collect();
@@ -64,22 +52,22 @@ pub struct Entry {
 /// Every host-name instance of the live file and what it resolved to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Names {
-    map: BTreeMap<String, Entry>,
+    map: BTreeMap<InstanceAddr, Entry>,
 }
 
 impl Names {
     /// The addresses behind `instance` when it is a name (empty until it resolves), `None`
     /// when it is an address.
-    pub fn addresses(&self, instance: &str) -> Option<&[SocketAddr]> {
-        if !is_name(instance) {
+    pub fn addresses(&self, instance: &InstanceAddr) -> Option<&[SocketAddr]> {
+        if !instance.is_name() {
             return None;
         }
         Some(self.map.get(instance).map_or(&[], |e| &e.addrs))
     }
 
     /// The names and what is known of them, in name order.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    pub fn entries(&self) -> impl Iterator<Item = (&InstanceAddr, &Entry)> {
+        self.map.iter()
     }
 
     /// Whether the two know the same addresses for the same names (errors aside).
@@ -98,7 +86,7 @@ impl Names {
         &self,
         cfg: &EndpointConfig,
         metrics: &Metrics,
-        lookup: impl Fn(&str) -> Result<Vec<SocketAddr>, String>,
+        lookup: impl Fn(&InstanceAddr) -> Result<Vec<SocketAddr>, String>,
     ) -> Names {
         self.merge(cfg, metrics, |name| Some(lookup(name)))
     }
@@ -114,11 +102,11 @@ impl Names {
     /// its name without addresses until a later refresh.
     pub fn add_new(&self, cfg: &EndpointConfig, metrics: &Metrics, deadline: Duration) -> Names {
         // Once each: a name in two deployments is one lookup.
-        let new: std::collections::BTreeSet<String> = names_in(cfg)
+        let new: std::collections::BTreeSet<InstanceAddr> = names_in(cfg)
             .filter(|n| !self.map.contains_key(*n))
-            .map(String::from)
+            .cloned()
             .collect();
-        let mut found: BTreeMap<String, Result<Vec<SocketAddr>, String>> = BTreeMap::new();
+        let mut found: BTreeMap<InstanceAddr, Result<Vec<SocketAddr>, String>> = BTreeMap::new();
         if !new.is_empty() {
             let (tx, rx) = std::sync::mpsc::channel();
             for name in &new {
@@ -158,7 +146,7 @@ impl Names {
         &self,
         cfg: &EndpointConfig,
         metrics: &Metrics,
-        mut outcome: impl FnMut(&str) -> Option<Result<Vec<SocketAddr>, String>>,
+        mut outcome: impl FnMut(&InstanceAddr) -> Option<Result<Vec<SocketAddr>, String>>,
     ) -> Names {
         let mut map = BTreeMap::new();
         for name in names_in(cfg) {
@@ -167,7 +155,7 @@ impl Names {
             }
             let old = self.map.get(name).cloned().unwrap_or_default();
             let Some(result) = outcome(name) else {
-                map.insert(name.to_string(), old);
+                map.insert(name.clone(), old);
                 continue;
             };
             let entry = match result {
@@ -186,7 +174,7 @@ impl Names {
                     }
                 }
                 Err(error) => {
-                    metrics.dns_error(name);
+                    metrics.dns_error(name.as_str());
                     if old.error.as_deref() != Some(error.as_str()) {
                         tracing::warn!(
                             name = %name,
@@ -201,22 +189,21 @@ impl Names {
                     }
                 }
             };
-            map.insert(name.to_string(), entry);
+            map.insert(name.clone(), entry);
         }
         for gone in self.map.keys().filter(|n| !map.contains_key(*n)) {
-            metrics.forget_dns_name(gone);
+            metrics.forget_dns_name(gone.as_str());
         }
         Names { map }
     }
 }
 
 /// The host-name instances of `cfg` (repeats included).
-pub fn names_in(cfg: &EndpointConfig) -> impl Iterator<Item = &str> {
+pub fn names_in(cfg: &EndpointConfig) -> impl Iterator<Item = &InstanceAddr> {
     cfg.deployments
         .iter()
         .flat_map(|d| d.instances.iter())
-        .map(String::as_str)
-        .filter(|i| is_name(i))
+        .filter(|i| i.is_name())
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
@@ -228,18 +215,6 @@ fn list(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Resolves the live file's names every `dns_refresh_ms` until the process ends; the loader
-/// applies a changed address set.
-pub async fn run(loader: Arc<Loader>) {
-    loop {
-        tokio::time::sleep(loader.dns_refresh()).await;
-        let l = loader.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || l.rediscover()).await {
-            tracing::error!(error = %e, "instance discovery failed; trying again");
-        }
-    }
 }
 
 #[cfg(test)]
@@ -255,16 +230,12 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    fn name(s: &str) -> InstanceAddr {
+        InstanceAddr::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
-    #[test]
-    fn names_are_told_from_addresses() {
-        assert!(is_name("scoring-blue:8080"));
-        assert!(is_name("scoring-blue.ns.svc.cluster.local:8080"));
-        assert!(!is_name("10.0.0.5:8080"));
-        assert!(!is_name("[::1]:8080"));
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
     #[test]
@@ -274,8 +245,11 @@ mod tests {
         let first = Names::default().refresh_with(&c, &m, |_| {
             Ok(vec![addr("10.0.0.1:80"), addr("10.0.0.2:80")])
         });
-        assert_eq!(first.addresses("scoring:80").map(<[_]>::len), Some(2));
-        assert_eq!(first.addresses("127.0.0.1:9"), None);
+        assert_eq!(
+            first.addresses(&name("scoring:80")).map(<[_]>::len),
+            Some(2)
+        );
+        assert_eq!(first.addresses(&name("127.0.0.1:9")), None);
 
         let failed = first.refresh_with(&c, &m, |_| Err("no such host".into()));
         assert!(failed.same_addresses(&first));
@@ -289,7 +263,7 @@ mod tests {
         let moved = failed.refresh_with(&c, &m, |_| Ok(vec![addr("10.0.0.3:80")]));
         assert!(!moved.same_addresses(&failed));
         assert_eq!(
-            moved.addresses("scoring:80"),
+            moved.addresses(&name("scoring:80")),
             Some(&[addr("10.0.0.3:80")][..])
         );
         assert_eq!(
@@ -302,11 +276,11 @@ mod tests {
     fn a_name_never_resolved_has_no_addresses_and_dropped_names_are_forgotten() {
         let m = Metrics::new();
         let none = Names::default().refresh_with(&cfg("[scoring:80]"), &m, |_| Err("x".into()));
-        assert_eq!(none.addresses("scoring:80"), Some(&[][..]));
+        assert_eq!(none.addresses(&name("scoring:80")), Some(&[][..]));
         assert_eq!(m.dns_errors("scoring:80"), 1);
         let other = none.refresh_with(&cfg("[other:80]"), &m, |_| Ok(vec![addr("10.0.0.9:80")]));
         assert_eq!(
-            other.entries().map(|(n, _)| n).collect::<Vec<_>>(),
+            other.entries().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             ["other:80"]
         );
         // The series of a name no longer in the file is gone.
@@ -333,19 +307,19 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(
-            after.addresses("scoring:80"),
+            after.addresses(&name("scoring:80")),
             Some(&[addr("10.0.0.1:80")][..])
         );
-        let local = after.addresses("localhost:9").unwrap_or_default();
+        let local = after.addresses(&name("localhost:9")).unwrap_or_default();
         assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback()));
     }
 
     #[test]
     fn localhost_resolves_through_the_system_resolver() {
-        let addrs = resolve("localhost:9").unwrap_or_else(|e| panic!("{e}"));
+        let addrs = resolve(&name("localhost:9")).unwrap_or_else(|e| panic!("{e}"));
         assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 9));
         // IPv4 is preferred: `localhost` often also has `::1`.
         assert!(addrs.iter().all(SocketAddr::is_ipv4), "{addrs:?}");
-        assert!(resolve("no-such-host.invalid:9").is_err());
+        assert!(resolve(&name("no-such-host.invalid:9")).is_err());
     }
 }

@@ -1,11 +1,13 @@
-//! Errors that scoregate answers itself, and the one function that turns them into a status and
-//! a JSON body. Sits at the end of the data path, beside `proxy`.
+//! Layer 0 (values): every error scoregate answers itself, with its status and metric kind, and
+//! the walk of an error's cause chain that everything else uses ([`caused_by`], [`describe`]).
+//! Which cause becomes which error is decided in one place, `upstream::failure`; the answer is
+//! written in one place, `proxy::respond`.
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+use std::error::Error as StdError;
+
+use http::{HeaderName, StatusCode};
 
 use crate::metrics::UpstreamErrorKind;
-use crate::upstream::ResponseBody;
 
 /// Every way the proxy can fail a request.
 #[derive(Debug, thiserror::Error)]
@@ -77,28 +79,33 @@ impl ProxyError {
     }
 }
 
-/// The response for `err`: its status and `{"error": "...", "deployment": NAME or null}`.
-pub fn error_response(
-    err: &ProxyError,
-    deployment: Option<&HeaderValue>,
-) -> Response<ResponseBody> {
-    let body = serde_json::json!({
-        "error": err.to_string(),
-        "deployment": deployment.and_then(|d| d.to_str().ok()),
-    });
-    let mut resp = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
-    *resp.status_mut() = err.status();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(d) = deployment {
-        resp.headers_mut()
-            .insert(HeaderName::from_static("x-deployment"), d.clone());
+/// The first cause in `err`'s chain (itself included) that is an `E`.
+pub(crate) fn find_cause<'a, E: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a E> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        source = e.source();
     }
-    if matches!(err, ProxyError::Unauthorized) {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    None
+}
+
+/// Whether `err` or one of its causes is an `E`.
+pub(crate) fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    find_cause::<E>(err).is_some()
+}
+
+/// One line for the log: the error and its causes.
+pub(crate) fn describe(err: &dyn StdError) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
     }
-    resp
+    s
 }

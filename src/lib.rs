@@ -1,26 +1,50 @@
 //! scoregate: a traffic-splitting reverse proxy for model-scoring endpoints.
 //!
-//! Data path: endpoint file → [`config`] (validate) → [`routing`] (compiled table, one
-//! `ArcSwap::load` per request) → [`proxy`] (per request) → [`upstream`] (pooled client).
-//! [`reload`] is the table's only writer; [`metrics`] and [`admin`] sit beside the data path.
-//! Errors the proxy answers itself are in [`error`]; commands in [`app`]; the built-in scoring
-//! server in [`scoring`].
+//! One crate of layers. A module imports only from layers below it, or from its own layer
+//! without closing a circle; `tests/layers.rs` reads `src/` and keeps it so, and the README's
+//! Layout section shows the same table.
+//!
+//! <!-- layers -->
+//! | layer | modules | what it holds |
+//! | --- | --- | --- |
+//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body` | errors answered, limits, the instance address, metric handles, the request body |
+//! | 1 file | `config` | the endpoint file: YAML with positions, independent checks, the `traffic:` rewriter |
+//! | 2 instance | `instance`, `discovery` | one instance's state (health, pool, slot); host names and their addresses |
+//! | 3 route | `routing`, `upstream` | the compiled table and the choice; the exchange and its one failure classification |
+//! | 4 request | `proxy` | server, handle, respond (the one error map), mirror |
+//! | 5 control | `control` | the one loader; file watcher, SIGHUP, periodic check, DNS and probes signal it |
+//! | 6 tools | `admin`, `ops`, `rollout`, `loadgen`, `scoring` | admin listener, traffic/swap, rollout, load, built-in scoring server |
+//! | 7 cli | `app`, `cli` | the commands, wired; argument parsing |
+//! <!-- /layers -->
+//!
+//! The data path: `proxy::server` → `proxy::handle` (one `ArcSwap::load`) → `routing` (the
+//! choice) → `upstream` (the exchange) → `proxy::respond` (one error map) → `metrics`.
 #![forbid(unsafe_code)]
 
+// Layer 0: values.
 pub mod addr;
-pub mod admin;
-pub mod app;
-pub mod config;
-pub mod discovery;
-pub mod error;
-pub mod health;
-pub mod loadgen;
+mod body;
+mod error;
+mod limits;
 pub mod metrics;
-pub mod mirror;
-pub mod ops;
-pub mod proxy;
-pub mod reload;
-pub mod rollout;
+// Layer 1: the endpoint file.
+pub mod config;
+// Layer 2: one instance.
+pub mod discovery;
+mod instance;
+// Layer 3: routing and the upstream exchange.
 pub mod routing;
-pub mod scoring;
-pub mod upstream;
+mod upstream;
+// Layer 4: the request path.
+mod proxy;
+// Layer 5: control.
+mod control;
+// Layer 6: admin and the operator's tools.
+mod admin;
+mod loadgen;
+mod ops;
+mod rollout;
+mod scoring;
+// Layer 7: the command line.
+mod app;
+pub mod cli;

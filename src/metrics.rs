@@ -1,6 +1,6 @@
-//! Prometheus metrics: every collector registered once in [`Metrics`]; per-deployment label
-//! handles resolved when a table is compiled ([`DeploymentMetrics`]), so the request path does
-//! no label lookup. Rendered by the admin listener's `/metrics`. Beside the data path.
+//! Layer 0 (values): Prometheus metrics. Every collector registered once in [`Metrics`]; per-deployment label
+//! handles resolved when a compiled table is applied ([`DeploymentMetrics`]), so the request path does
+//! no label lookup. Rendered by the admin listener's `/metrics`.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Operator edits of the endpoint file (`scoregate traffic`, `swap`, and the steps of
+//! Layer 6 (tools): operator edits of the endpoint file (`scoregate traffic`, `swap`, and the steps of
 //! `rollout`): compute new weights, rewrite only the `traffic:` map (`config::rewrite_traffic`)
 //! and replace the file atomically, so a running proxy never sees a half-written file. Beside
 //! the data path: the proxy picks the change up through hot reload.

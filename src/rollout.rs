@@ -1,4 +1,4 @@
-//! `scoregate rollout`: a staged canary driven from outside the data path. Each step rewrites
+//! Layer 6 (tools): `scoregate rollout`, a staged canary driven from outside the data path. Each step rewrites
 //! the endpoint file's weights (`ops`), waits for the running proxy to apply them (admin
 //! `/config`), watches the step's window through the admin `/metrics` and judges the target
 //! deployment's 5xx ratio and p99 latency from counter and histogram deltas. A breach, a window
@@ -170,7 +170,7 @@ impl Admin {
         let resp = tokio::time::timeout(Duration::from_secs(5), self.client.get(uri))
             .await
             .map_err(|_| format!("{url} did not answer within 5 s"))?
-            .map_err(|e| format!("cannot reach {url}: {}", crate::upstream::describe(&e)))?;
+            .map_err(|e| format!("cannot reach {url}: {}", crate::error::describe(&e)))?;
         let status = resp.status();
         let body = resp
             .into_body()

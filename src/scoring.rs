@@ -1,4 +1,4 @@
-//! The built-in scoring server (`scoregate score-server`, and the demo's instances): a small real
+//! Layer 6 (tools): the built-in scoring server (`scoregate score-server`, and the demo's instances): a small real
 //! model server that stands where a deployment's scoring pod stands. Not on the proxy's data path.
 //!
 //! Models: v1 predicts `1.0 + 0.5 × sum(row)`, v2 predicts `0.8 + 0.55 × sum(row)`.

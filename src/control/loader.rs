@@ -1,7 +1,9 @@
-//! Hot reload: the only writer of the live table. The watcher only signals (directory events,
-//! SIGHUP, a periodic content check); the [`Loader`] decides: it reads, parses and validates the
-//! file and swaps in a new table only when the whole file is valid. A failed load keeps the old
-//! table. Beside the data path, which sees its work through one `ArcSwap::load`.
+//! Layer 5 (control): the one loader, the only writer of the live table. Every trigger —
+//! a file event, the periodic check, SIGHUP, a DNS refresh — reaches it on one channel and is
+//! applied by [`Loader::apply`]: read and check the file (or take the names' new addresses),
+//! compile a table (pure), register its series and swap it in. A file that fails to load keeps
+//! the table that is live. Blocking (file I/O, lookups of new names): run off the async
+//! workers.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,32 +11,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 
 use crate::config::{self, EndpointConfig, Loaded};
 use crate::discovery::{FIRST_LOOKUP_DEADLINE, Names};
 use crate::metrics::Metrics;
-use crate::routing::Table;
-
-/// Quiet time after the last file event before the file is read (writers often take several
-/// system calls to replace a file).
-pub const SETTLE: Duration = Duration::from_millis(100);
-/// Longest settle, however busy the directory is.
-pub const MAX_SETTLE: Duration = Duration::from_millis(500);
-/// How often the file's content is checked even without events (a missed event, a watcher
-/// that died, a symlink whose target lives elsewhere).
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+use crate::routing::{Table, compile};
 
 /// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A change in the file's directory.
+#[derive(Debug, Clone)]
+pub(crate) enum Trigger {
+    /// A change in the file's directory (settled).
     Event,
     /// The periodic content check.
     Poll,
     /// SIGHUP: always a counted reload attempt, even when nothing changed.
     Signal,
+    /// The names of the live file `config` were resolved again, to `names`.
+    Resolved {
+        config: Arc<EndpointConfig>,
+        names: Names,
+    },
 }
 
 /// What the loader knows of the file: the last content or error seen, and what is live.
@@ -59,7 +55,7 @@ struct State {
 
 /// A snapshot of the loader's state, for the admin listener and logs.
 #[derive(Debug, Clone)]
-pub struct Status {
+pub(crate) struct Status {
     /// The endpoint's `name`, if the file gives one.
     pub name: Option<String>,
     pub generation: u64,
@@ -71,26 +67,23 @@ pub struct Status {
 }
 
 /// Reads the endpoint file and swaps the live table.
-pub struct Loader {
+pub(crate) struct Loader {
     path: PathBuf,
     table: Arc<ArcSwap<Table>>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
+// === impl Loader ===
+
 impl Loader {
     /// Starts from the file as loaded at start-up (generation 1). Host-name instances are
     /// looked up first, in parallel, for at most [`FIRST_LOOKUP_DEADLINE`] (blocking; a file
     /// of addresses only does no lookup).
-    pub fn new(path: &Path, loaded: &Loaded, metrics: Arc<Metrics>) -> Loader {
+    pub(crate) fn new(path: &Path, loaded: &Loaded, metrics: Arc<Metrics>) -> Loader {
         let names = Names::default().add_new(&loaded.config, &metrics, FIRST_LOOKUP_DEADLINE);
-        let table = Arc::new(ArcSwap::from_pointee(Table::compile_resolved(
-            &loaded.config,
-            1,
-            None,
-            &metrics,
-            &names,
-        )));
+        let table = compile(&loaded.config, &names, None).apply(&metrics);
+        let table = Arc::new(ArcSwap::from_pointee(table));
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
         Loader {
@@ -113,59 +106,32 @@ impl Loader {
     }
 
     /// How often host-name instances are resolved again (`dns_refresh_ms`).
-    pub fn dns_refresh(&self) -> Duration {
+    pub(crate) fn dns_refresh(&self) -> Duration {
         self.lock().config.dns_refresh
     }
 
-    /// Resolves the live file's host-name instances again and, when an address set changed,
-    /// swaps in a table from the same file (same generation) with the new addresses. Blocking
-    /// (the system resolver): call it off the async workers. Returns whether a table went live.
-    pub fn rediscover(&self) -> bool {
-        let (cfg, names, generation) = {
-            let st = self.lock();
-            (st.config.clone(), st.names.clone(), st.generation)
-        };
-        if crate::discovery::names_in(&cfg).next().is_none() {
-            return false;
-        }
-        // Resolved without the lock: lookups may take seconds.
-        let fresh = names.refresh(&cfg, &self.metrics);
-        let mut st = self.lock();
-        if st.generation != generation {
-            // A reload won the race and resolved the names itself.
-            return false;
-        }
-        let changed = !fresh.same_addresses(&st.names);
-        st.names = fresh;
-        if !changed {
-            return false;
-        }
-        let table = Table::compile_resolved(
-            &cfg,
-            st.generation,
-            Some(&self.table.load()),
-            &self.metrics,
-            &st.names,
-        );
-        self.table.store(Arc::new(table));
-        tracing::info!(
-            generation = st.generation,
-            "instance addresses changed: new table live"
-        );
-        true
+    /// The live file and what its names resolved to, for the DNS refresh.
+    pub(crate) fn names(&self) -> (Arc<EndpointConfig>, Names) {
+        let st = self.lock();
+        (st.config.clone(), st.names.clone())
+    }
+
+    /// The process's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The live table, for the data plane.
-    pub fn table(&self) -> Arc<ArcSwap<Table>> {
+    pub(crate) fn table(&self) -> Arc<ArcSwap<Table>> {
         self.table.clone()
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The loader's state now.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let st = self.lock();
         Status {
             name: st.config.name.clone(),
@@ -182,9 +148,40 @@ impl Loader {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads the file and applies it if it is valid and differs from the live one. Blocking
-    /// (file I/O): call it off the async workers. Returns whether a new table went live.
-    pub fn reload(&self, trigger: Trigger) -> bool {
+    /// Applies a trigger: the one path by which a table goes live. Returns whether one did.
+    pub(crate) fn apply(&self, trigger: Trigger) -> bool {
+        match trigger {
+            Trigger::Resolved { config, names } => self.apply_addresses(&config, names),
+            file => self.apply_file(file),
+        }
+    }
+
+    /// New addresses for the live file's names: a table from the same file (same generation).
+    fn apply_addresses(&self, config: &Arc<EndpointConfig>, names: Names) -> bool {
+        let mut st = self.lock();
+        if !Arc::ptr_eq(&st.config, config) {
+            // The file changed since the lookups started: its own lookups stand.
+            return false;
+        }
+        let changed = !names.same_addresses(&st.names);
+        st.names = names;
+        if !changed {
+            return false;
+        }
+        let generation = st.generation;
+        self.swap(&st.config, &st.names);
+        tracing::info!(generation, "instance addresses changed: new table live");
+        true
+    }
+
+    /// Compiles the table for `cfg` and `names`, registers its series and swaps it in.
+    fn swap(&self, cfg: &EndpointConfig, names: &Names) {
+        let compiled = compile(cfg, names, Some(&self.table.load()));
+        self.table.store(Arc::new(compiled.apply(&self.metrics)));
+    }
+
+    /// Reads the file and applies it if it is valid and differs from the live one.
+    fn apply_file(&self, trigger: Trigger) -> bool {
         // Read and validate every time (the file is small): a change of the keys file alone
         // must be seen too. What was seen is compared by fingerprint (or error text).
         let outcome = config::load_file(&self.path).map_err(|e| e.to_string());
@@ -206,7 +203,7 @@ impl Loader {
             Err(_) => None,
         };
         let mut st = self.lock();
-        if trigger != Trigger::Signal && seen == st.last_seen {
+        if !matches!(trigger, Trigger::Signal) && seen == st.last_seen {
             return false;
         }
         st.last_seen = seen;
@@ -247,20 +244,13 @@ impl Loader {
         }
         let names = names.unwrap_or_else(|| st.names.clone());
         st.generation += 1;
-        let table = Table::compile_resolved(
-            cfg,
-            st.generation,
-            Some(&self.table.load()),
-            &self.metrics,
-            &names,
-        );
-        self.table.store(Arc::new(table));
+        self.swap(cfg, &names);
         st.names = names;
         st.loaded_at = SystemTime::now();
         self.metrics.config_generation.set(st.generation as i64);
         tracing::info!(
             generation = st.generation,
-            traffic = %traffic_map(cfg),
+            traffic = %cfg.traffic_summary(),
             ?trigger,
             "endpoint file reloaded: new table live"
         );
@@ -278,118 +268,6 @@ impl Loader {
         st.last_error = Some(error);
         self.metrics.reload(false);
     }
-}
-
-/// `blue=90 green=10`, in table order.
-pub fn traffic_map(cfg: &EndpointConfig) -> String {
-    crate::ops::show(&crate::ops::weights(cfg), "")
-}
-
-enum WatchMsg {
-    Changed,
-    Failed(String),
-}
-
-/// Watches the directory holding the file (so renames, symlink swaps and re-creations are all
-/// seen), non-recursively. Access events (including the loader's own reads) are ignored.
-fn start_watcher(
-    dir: &Path,
-    tx: mpsc::UnboundedSender<WatchMsg>,
-) -> Option<notify::RecommendedWatcher> {
-    let handler = move |res: notify::Result<notify::Event>| {
-        let msg = match res {
-            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => return,
-            Ok(_) => WatchMsg::Changed,
-            Err(e) => WatchMsg::Failed(e.to_string()),
-        };
-        let _ = tx.send(msg);
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start the file watcher; relying on the periodic check");
-            return None;
-        }
-    };
-    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory; relying on the periodic check");
-        return None;
-    }
-    Some(watcher)
-}
-
-/// Runs the reload loop until the process ends: events (settled), the periodic check, SIGHUP.
-pub async fn watch(loader: Arc<Loader>) {
-    let dir = match loader.path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = start_watcher(&dir, tx.clone());
-    let mut poll = tokio::time::interval(POLL_INTERVAL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll.tick().await;
-    let mut hup = hangup();
-    loop {
-        let trigger = tokio::select! {
-            Some(msg) = rx.recv() => match msg {
-                WatchMsg::Changed => Trigger::Event,
-                WatchMsg::Failed(e) => {
-                    tracing::warn!(error = %e, "file watcher failed; restarting it at the next check");
-                    watcher = None;
-                    continue;
-                }
-            },
-            _ = poll.tick() => {
-                if watcher.is_none() {
-                    watcher = start_watcher(&dir, tx.clone());
-                }
-                Trigger::Poll
-            }
-            _ = recv_hup(&mut hup) => Trigger::Signal,
-        };
-        if trigger == Trigger::Event {
-            // Settle: wait until the directory has been quiet for SETTLE, but no longer than
-            // MAX_SETTLE (a directory written to all the time must not hold reloads back).
-            let deadline = tokio::time::Instant::now() + MAX_SETTLE;
-            while tokio::time::Instant::now() < deadline {
-                match tokio::time::timeout(SETTLE, rx.recv()).await {
-                    Ok(Some(_)) => continue,
-                    _ => break,
-                }
-            }
-        }
-        let l = loader.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || l.reload(trigger)).await {
-            tracing::error!(error = %e, "reload task failed");
-        }
-    }
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
-
-fn hangup() -> Hangup {
-    #[cfg(unix)]
-    {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
-}
-
-async fn recv_hup(hup: &mut Hangup) {
-    #[cfg(unix)]
-    if let Some(h) = hup {
-        h.recv().await;
-        return;
-    }
-    let _ = hup;
-    std::future::pending::<()>().await
 }
 
 #[cfg(test)]
@@ -417,12 +295,12 @@ mod tests {
     fn a_valid_change_swaps_the_table_and_bumps_the_generation() {
         let (_d, path, loader, metrics) = setup();
         std::fs::write(&path, V2).unwrap();
-        assert!(loader.reload(Trigger::Event));
+        assert!(loader.apply(Trigger::Event));
         assert_eq!(green_weight(&loader), 100);
         assert_eq!(loader.status().generation, 2);
         assert_eq!(metrics.config_generation.get(), 2);
         // Same content again: nothing happens, nothing is counted.
-        assert!(!loader.reload(Trigger::Poll));
+        assert!(!loader.apply(Trigger::Poll));
         assert!(
             metrics
                 .render()
@@ -439,7 +317,7 @@ mod tests {
             "traffic: {blue: 100, green: 0}\ndeployments:\n  blue: {inst",
         ] {
             std::fs::write(&path, bad).unwrap();
-            assert!(!loader.reload(Trigger::Event));
+            assert!(!loader.apply(Trigger::Event));
             assert_eq!(green_weight(&loader), 0);
             assert!(
                 loader
@@ -450,7 +328,7 @@ mod tests {
             );
         }
         std::fs::remove_file(&path).unwrap();
-        assert!(!loader.reload(Trigger::Event));
+        assert!(!loader.apply(Trigger::Event));
         assert!(
             loader
                 .status()
@@ -459,7 +337,7 @@ mod tests {
                 .contains("cannot read the file")
         );
         // A missing file seen again by the periodic check is not counted twice.
-        assert!(!loader.reload(Trigger::Poll));
+        assert!(!loader.apply(Trigger::Poll));
         let text = metrics.render();
         assert!(
             text.contains("scoregate_config_reloads_total{result=\"error\"} 4"),
@@ -468,7 +346,7 @@ mod tests {
         assert!(text.contains("scoregate_config_last_reload_success 0"));
         assert_eq!(loader.status().generation, 1);
         std::fs::write(&path, V2).unwrap();
-        assert!(loader.reload(Trigger::Event));
+        assert!(loader.apply(Trigger::Event));
         assert_eq!(green_weight(&loader), 100);
         assert_eq!(loader.status().last_error, None);
         assert!(
@@ -481,7 +359,7 @@ mod tests {
     #[test]
     fn sighup_counts_a_reload_without_a_new_generation_for_the_same_content() {
         let (_d, _path, loader, metrics) = setup();
-        assert!(!loader.reload(Trigger::Signal));
+        assert!(!loader.apply(Trigger::Signal));
         assert_eq!(loader.status().generation, 1);
         assert!(
             metrics
@@ -494,7 +372,7 @@ mod tests {
     fn a_new_listen_address_is_not_applied() {
         let (_d, path, loader, _m) = setup();
         std::fs::write(&path, format!("listen: 127.0.0.1:1234\n{V2}")).unwrap();
-        assert!(loader.reload(Trigger::Event));
+        assert!(loader.apply(Trigger::Event));
         assert_eq!(green_weight(&loader), 100);
         assert_eq!(loader.lock().listen, "127.0.0.1:8080".parse().unwrap());
     }

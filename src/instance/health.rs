@@ -1,30 +1,22 @@
-//! Passive health of instances, beside the data path: the request path reports each exchange's
-//! outcome ([`Health::success`], [`Health::failure`]); 5 failures in a row eject the instance
-//! for 10 s, doubling on each repeat up to 5 min. A background task ([`run`]) probes ejected
-//! instances when their time is up and sweeps idle pooled connections.
+//! Layer 2 (one instance): the passive health state machine of one instance, pure and
+//! lock-free. The request path reports each exchange's outcome ([`Health::success`],
+//! [`Health::failure`]); 5 failures in a row eject the instance for 10 s, doubling on each
+//! repeat up to 5 min. `control::probe` probes ejected instances when their time is up.
 //!
 //! A failure is a refused or broken connection or a timeout; an instance's own 5xx answers are
 //! the model's business and do not count. After an ejection the instance takes traffic again on
 //! probation: one more failure ejects it for twice as long, a success clears it.
 
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::reload::Loader;
-use crate::routing::Instance;
-
 /// Failures in a row that eject an instance.
-pub const FAILURES_TO_EJECT: u32 = 5;
+pub(crate) const FAILURES_TO_EJECT: u32 = 5;
 /// First ejection time; doubled on each repeat.
-pub const BASE_EJECTION: Duration = Duration::from_secs(10);
+pub(crate) const BASE_EJECTION: Duration = Duration::from_secs(10);
 /// Longest ejection.
-pub const MAX_EJECTION: Duration = Duration::from_secs(300);
-/// How often ejected instances are checked and idle connections swept.
-pub const CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How long a probe may take to connect.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -34,7 +26,7 @@ fn now_ms() -> u64 {
 /// One instance's failure count and ejection state. Lock-free: the request path only does
 /// relaxed atomic loads and stores.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     consecutive: AtomicU32,
     /// Ejections since the last success (0: not on probation).
     level: AtomicU32,
@@ -44,7 +36,7 @@ pub struct Health {
 
 /// What a reported outcome changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     None,
     /// The instance was ejected for this long.
     Ejected(Duration),
@@ -52,12 +44,12 @@ pub enum Change {
 
 impl Health {
     /// True while the instance takes traffic.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.ejected_until.load(Ordering::Relaxed) == 0
     }
 
     /// An exchange got an answer.
-    pub fn success(&self) {
+    pub(crate) fn success(&self) {
         if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
         }
@@ -68,7 +60,7 @@ impl Health {
 
     /// An exchange failed; ejects after [`FAILURES_TO_EJECT`] in a row, or at once on
     /// probation.
-    pub fn failure(&self) -> Change {
+    pub(crate) fn failure(&self) -> Change {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         let on_probation = self.level.load(Ordering::Relaxed) > 0;
         if self.is_up() && (n >= FAILURES_TO_EJECT || on_probation) {
@@ -78,7 +70,7 @@ impl Health {
     }
 
     /// Ejects for the current level's time and raises the level.
-    pub fn eject(&self) -> Duration {
+    pub(crate) fn eject(&self) -> Duration {
         let level = self.level.fetch_add(1, Ordering::Relaxed).min(16);
         let time = BASE_EJECTION.saturating_mul(1 << level).min(MAX_EJECTION);
         self.consecutive.store(0, Ordering::Relaxed);
@@ -88,55 +80,15 @@ impl Health {
     }
 
     /// True when the instance is ejected and its time is up.
-    pub fn probe_due(&self) -> bool {
+    pub(crate) fn probe_due(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && now_ms() >= until
     }
 
     /// Takes traffic again (on probation).
-    pub fn reinstate(&self) {
+    pub(crate) fn reinstate(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
         self.ejected_until.store(0, Ordering::Relaxed);
-    }
-}
-
-/// Can a TCP connection to the instance be opened now?
-async fn probe(instance: &Instance) -> bool {
-    let connect = crate::upstream::tcp_connect(instance.authority.as_str());
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
-        Ok(Ok(_))
-    )
-}
-
-/// Probes ejected instances whose time is up and sweeps idle connections, until the process
-/// ends.
-pub async fn run(loader: Arc<Loader>) {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let table = loader.table().load_full();
-        // Probes run side by side, so one unreachable instance does not delay the others.
-        let mut probes = tokio::task::JoinSet::new();
-        for d in table.deployments.iter() {
-            for i in d.instances.iter() {
-                i.pool.sweep();
-                if i.health.probe_due() {
-                    let (name, i) = (d.name.clone(), i.clone());
-                    probes.spawn(async move {
-                        if probe(&i).await {
-                            i.reinstate();
-                            tracing::info!(deployment = %name, instance = %i.addr, "instance answers again: back in rotation (on probation)");
-                        } else {
-                            let time = i.health.eject();
-                            tracing::warn!(deployment = %name, instance = %i.addr, ejected_for = ?time, "instance still unreachable: ejected again");
-                        }
-                    });
-                }
-            }
-        }
-        while probes.join_next().await.is_some() {}
     }
 }
 

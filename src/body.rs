@@ -1,0 +1,269 @@
+//! Layer 0 (values): the request body on its way to an instance. It enforces the body limit
+//! while it streams, reports when it has been sent whole, and tees every frame (shared
+//! `Bytes`, no copy) to a mirrored copy through a bounded channel: [`Tee`] on the live side,
+//! [`CopyBody`] on the copy's.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::mpsc;
+
+use crate::limits::MIRROR_MAX_BODY;
+
+/// Frames buffered between the live request and its copy.
+const TEE_CHANNEL: usize = 64;
+
+/// What the tee passes to the copy.
+#[derive(Debug)]
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+/// The live side of a copy: forwards each frame of the live body, or gives up (dropping the
+/// sender aborts the copy).
+#[derive(Debug)]
+pub(crate) struct Tee {
+    tx: Option<mpsc::Sender<Piece>>,
+    sent: u64,
+}
+
+impl Tee {
+    /// Passes on one data frame of the live body.
+    pub(crate) fn data(&mut self, bytes: &Bytes) {
+        if let Some(tx) = &self.tx {
+            self.sent += bytes.len() as u64;
+            if self.sent > MIRROR_MAX_BODY || tx.try_send(Piece::Data(bytes.clone())).is_err() {
+                self.tx = None;
+            }
+        }
+    }
+
+    /// The live body ended.
+    pub(crate) fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.try_send(Piece::End);
+        }
+    }
+}
+
+/// The copy's body, fed by a [`Tee`]. Ends in an error (aborting the copy's exchange) when the
+/// tee gave up.
+#[derive(Debug)]
+pub(crate) struct CopyBody {
+    rx: mpsc::Receiver<Piece>,
+    size: SizeHint,
+    done: bool,
+}
+
+/// The copy's body was abandoned by the live side.
+#[derive(Debug, thiserror::Error)]
+#[error("the mirrored body was not copied whole")]
+pub(crate) struct Abandoned;
+
+impl Body for CopyBody {
+    type Data = Bytes;
+    type Error = Abandoned;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Abandoned>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Piece::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Piece::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => Poll::Ready(Some(Err(Abandoned))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size
+    }
+}
+
+/// A tee and the copy's body it feeds. A body declared empty needs no tee: the copy's body is
+/// complete at once.
+pub(crate) fn tee(size: SizeHint) -> (Option<Tee>, CopyBody) {
+    let empty = size.exact() == Some(0);
+    let (tx, rx) = mpsc::channel(TEE_CHANNEL);
+    let body = CopyBody {
+        rx,
+        size,
+        done: empty,
+    };
+    let tee = (!empty).then_some(Tee {
+        tx: Some(tx),
+        sent: 0,
+    });
+    (tee, body)
+}
+
+/// Raised by [`RequestBody`] when a streamed body passes the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than {limit} bytes")]
+pub(crate) struct BodyTooLarge {
+    pub(crate) limit: u64,
+}
+
+/// The client's request body on its way to the instance, cut off past `limit` bytes.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Inner,
+    remaining: u64,
+    pub(crate) limit: u64,
+    /// Feeds a mirrored copy, if this request is mirrored.
+    tee: Option<Tee>,
+    /// Set once the whole body has been sent (only for requests with a body).
+    sent: Option<Arc<AtomicBool>>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Streaming(Incoming),
+    Buffered(Option<Bytes>),
+    Copy(CopyBody),
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, limit: u64) -> Self {
+        RequestBody {
+            inner: Inner::Streaming(inner),
+            remaining: limit,
+            limit,
+            tee: None,
+            sent: None,
+        }
+    }
+
+    pub(crate) fn buffered(bytes: Bytes, limit: u64) -> Self {
+        RequestBody {
+            inner: Inner::Buffered((!bytes.is_empty()).then_some(bytes)),
+            remaining: limit,
+            limit,
+            tee: None,
+            sent: None,
+        }
+    }
+
+    /// The body of a mirrored copy.
+    pub(crate) fn copy(body: CopyBody) -> Self {
+        RequestBody {
+            inner: Inner::Copy(body),
+            remaining: u64::MAX,
+            limit: u64::MAX,
+            tee: None,
+            sent: None,
+        }
+    }
+
+    /// Reports through `flag` when the whole body has been sent.
+    pub(crate) fn with_sent_flag(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
+        self.sent = flag;
+        self
+    }
+
+    fn mark_sent(&mut self) {
+        if let Some(f) = self.sent.take() {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Copies every frame to a mirrored request as it streams.
+    pub(crate) fn set_tee(&mut self, tee: Option<Tee>) {
+        self.tee = tee;
+    }
+
+    fn inner_ended(&self) -> bool {
+        match &self.inner {
+            Inner::Streaming(i) => i.is_end_stream(),
+            Inner::Buffered(b) => b.is_none(),
+            Inner::Copy(c) => c.is_end_stream(),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Streaming(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as Self::Error),
+            Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Copy(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as Self::Error),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.tee = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                    this.remaining -= n;
+                    if let Some(tee) = &mut this.tee {
+                        tee.data(data);
+                    }
+                }
+                if this.inner_ended() {
+                    // The client may not poll past the last frame.
+                    if let Some(tee) = &mut this.tee {
+                        tee.end();
+                    }
+                    this.mark_sent();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.tee = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(tee) = &mut this.tee {
+                    tee.end();
+                }
+                this.mark_sent();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Streaming(i) => i.size_hint(),
+            Inner::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Copy(c) => c.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Layer 5 (control): the endpoint file's sources of triggers. Watches the directory holding
+//! the file (so renames, symlink swaps and re-creations are all seen), checks it periodically
+//! and listens for SIGHUP; it only signals the loader, which decides.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::loader::Trigger;
+
+/// Quiet time after the last file event before the file is read (writers often take several
+/// system calls to replace a file).
+const SETTLE: Duration = Duration::from_millis(100);
+/// Longest settle, however busy the directory is.
+const MAX_SETTLE: Duration = Duration::from_millis(500);
+/// How often the file's content is checked even without events (a missed event, a watcher
+/// that died, a symlink whose target lives elsewhere).
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+enum WatchMsg {
+    Changed,
+    Failed(String),
+}
+
+/// Watches the directory holding the file (so renames, symlink swaps and re-creations are all
+/// seen), non-recursively. Access events (including the loader's own reads) are ignored.
+fn start_watcher(
+    dir: &Path,
+    tx: mpsc::UnboundedSender<WatchMsg>,
+) -> Option<notify::RecommendedWatcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        let msg = match res {
+            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => return,
+            Ok(_) => WatchMsg::Changed,
+            Err(e) => WatchMsg::Failed(e.to_string()),
+        };
+        let _ = tx.send(msg);
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the file watcher; relying on the periodic check");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory; relying on the periodic check");
+        return None;
+    }
+    Some(watcher)
+}
+
+/// Signals the loader until the process ends or the loader is gone: a settled change in the
+/// file's directory, the periodic content check, SIGHUP.
+pub(super) async fn run(path: PathBuf, triggers: mpsc::Sender<Trigger>) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = start_watcher(&dir, tx.clone());
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
+    let mut hup = hangup();
+    loop {
+        let trigger = tokio::select! {
+            Some(msg) = rx.recv() => match msg {
+                WatchMsg::Changed => Trigger::Event,
+                WatchMsg::Failed(e) => {
+                    tracing::warn!(error = %e, "file watcher failed; restarting it at the next check");
+                    watcher = None;
+                    continue;
+                }
+            },
+            _ = poll.tick() => {
+                if watcher.is_none() {
+                    watcher = start_watcher(&dir, tx.clone());
+                }
+                Trigger::Poll
+            }
+            _ = recv_hup(&mut hup) => Trigger::Signal,
+        };
+        if matches!(trigger, Trigger::Event) {
+            // Settle: wait until the directory has been quiet for SETTLE, but no longer than
+            // MAX_SETTLE (a directory written to all the time must not hold reloads back).
+            let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+            while tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout(SETTLE, rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+        if triggers.send(trigger).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn hangup() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn recv_hup(hup: &mut Hangup) {
+    #[cfg(unix)]
+    if let Some(h) = hup {
+        h.recv().await;
+        return;
+    }
+    let _ = hup;
+    std::future::pending::<()>().await
+}

@@ -1,0 +1,128 @@
+//! Layer 2 (one instance): the instance's idle HTTP/1 connections, a bounded lock-free queue,
+//! and how a new connection is opened.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::limits::MAX_BUF_BYTES;
+
+/// How long an idle pooled connection is kept. Shorter than the keep-alive timeouts of common
+/// scoring servers (5 s for uvicorn and Node), so the pool rarely offers a connection the
+/// instance is about to close; the rest is caught by `upstream::send`'s retry.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections kept per instance.
+pub(crate) const POOL_MAX_IDLE: usize = 512;
+
+/// An idle connection to an instance.
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// One instance's idle connections: a bounded lock-free queue.
+pub(crate) struct Pool {
+    idle: ArrayQueue<Idle>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle: ArrayQueue::new(POOL_MAX_IDLE),
+        }
+    }
+}
+
+/// A connection checked out of the pool or newly made.
+pub(crate) struct Conn {
+    pub(crate) sender: SendRequest<RequestBody>,
+    /// How long it sat idle in the pool (None: new).
+    pub(crate) idle_for: Option<Duration>,
+}
+
+impl Pool {
+    /// A live idle connection, if any; stale and closed ones are dropped on the way.
+    pub(crate) fn checkout(&self) -> Option<Conn> {
+        while let Some(idle) = self.idle.pop() {
+            let idle_for = idle.since.elapsed();
+            if idle_for < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() {
+                return Some(Conn {
+                    sender: idle.sender,
+                    idle_for: Some(idle_for),
+                });
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange completed.
+    pub(crate) fn checkin(&self, conn: Conn) {
+        if !conn.sender.is_closed() {
+            // A full pool drops the connection.
+            let _ = self.idle.push(Idle {
+                sender: conn.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`] (run periodically).
+    pub(crate) fn sweep(&self) {
+        for _ in 0..self.idle.len() {
+            match self.idle.pop() {
+                Some(idle)
+                    if idle.since.elapsed() < POOL_IDLE_TIMEOUT && !idle.sender.is_closed() =>
+                {
+                    let _ = self.idle.push(idle);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+
+    /// Closes every idle connection (an ejected instance).
+    pub(crate) fn clear(&self) {
+        while self.idle.pop().is_some() {}
+    }
+}
+
+/// A TCP connection to `authority` (`host:port`; a DNS name is resolved by the system).
+pub(crate) async fn tcp_connect(authority: &str) -> std::io::Result<TcpStream> {
+    match authority.parse::<std::net::SocketAddr>() {
+        Ok(addr) => TcpStream::connect(addr).await,
+        Err(_) => TcpStream::connect(authority).await,
+    }
+}
+
+/// An HTTP/1.1 connection to `authority`, driven by its own task.
+pub(crate) async fn connect(authority: &str) -> std::io::Result<Conn> {
+    let stream = tcp_connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_BUF_BYTES)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Conn {
+        sender,
+        idle_for: None,
+    })
+}

@@ -1,0 +1,13 @@
+//! Layer 0 (values): limits that more than one layer must agree on.
+
+/// Largest request head (request line and headers); more than 100 headers also get 431
+/// (hyper's own limit).
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Largest read buffer of a connection, either side (hyper's default is about 400 KiB): a
+/// streamed body moves through it in slices this size, so 64 clients streaming large bodies
+/// hold at most a few MiB. At least [`MAX_HEAD_BYTES`], which must fit in it.
+pub(crate) const MAX_BUF_BYTES: usize = MAX_HEAD_BYTES + 1024;
+
+/// Largest body copied to a mirror; larger bodies are not copied (counted as dropped).
+pub(crate) const MIRROR_MAX_BODY: u64 = 1024 * 1024;

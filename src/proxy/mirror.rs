@@ -1,0 +1,110 @@
+//! Layer 4 (request path): traffic mirroring. A share of unpinned requests is copied to the
+//! mirror deployment in the background: the live request's body is teed frame by frame
+//! (`body::Tee`) and the copy's answer is read and discarded. A copy never delays or fails the
+//! live request: when the tee's channel is full, the body is larger than
+//! [`MIRROR_MAX_BODY`], [`MAX_IN_FLIGHT`] copies are out or no mirror instance is free, the
+//! copy is dropped and counted as `dropped`. A failed copy is classified like a live exchange
+//! (`upstream::classify`): the client's fault (its body not copied whole) counts as `dropped`,
+//! any other as `error`.
+
+use std::sync::Arc;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::{self, CopyBody, RequestBody, Tee};
+use crate::limits::MIRROR_MAX_BODY;
+use crate::routing::Table;
+use crate::upstream::{self, Failure, Fault};
+
+/// Copies in flight at most; more are dropped.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Limits copies in flight.
+#[derive(Debug, Clone)]
+pub(super) struct Mirroring {
+    in_flight: Arc<Semaphore>,
+}
+
+impl Default for Mirroring {
+    fn default() -> Self {
+        Mirroring {
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+}
+
+impl Mirroring {
+    /// Starts a copy of `req` (its head now, its body as it streams), when the table has a
+    /// mirror and the dice say so. Returns the tee to feed with the live body (`None`: no copy,
+    /// or a body that needs no tee because it is empty).
+    pub(super) fn start(
+        &self,
+        table: &Arc<Table>,
+        req: &Request<RequestBody>,
+        roll: u8,
+    ) -> Option<Tee> {
+        let size = req.body().size_hint();
+        let mirror = table.mirror.as_ref()?;
+        if roll >= mirror.percent {
+            return None;
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            mirror.dropped.inc();
+            return None;
+        };
+        if size.lower() > MIRROR_MAX_BODY {
+            mirror.dropped.inc();
+            return None;
+        }
+        let (head, ()) = upstream::copy_head(req, ()).into_parts();
+        let (tee, body) = body::tee(size);
+        tokio::spawn(copy(table.clone(), head, body, permit));
+        tee
+    }
+}
+
+/// Sends one copy and discards the answer.
+async fn copy(
+    table: Arc<Table>,
+    head: http::request::Parts,
+    body: CopyBody,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Some(mirror) = table.mirror.as_ref() else {
+        return;
+    };
+    let dep = &table.deployments[mirror.index];
+    let Some(slot) = dep.try_copy_slot() else {
+        mirror.dropped.inc();
+        return;
+    };
+    let mut pending = Some(Box::new(Request::from_parts(head, RequestBody::copy(body))));
+    let instance = slot.instance();
+    let exchange = async {
+        let (resp, conn) =
+            upstream::send(instance.pool(), instance.authority(), &mut pending).await?;
+        let status = resp.status();
+        resp.into_body().collect().await.map_err(Failure::Broken)?;
+        instance.pool().checkin(conn);
+        Ok::<_, Failure>(status)
+    };
+    let timeout = dep.settings.request_timeout;
+    let outcome = tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+                body_sent: true,
+            })
+        });
+    match outcome {
+        Ok(status) if !status.is_server_error() => mirror.ok.inc(),
+        Ok(_) => mirror.error.inc(),
+        // The live body could not be copied whole: the copy never went out complete.
+        Err(f) if upstream::classify(&f).fault == Fault::Client => mirror.dropped.inc(),
+        Err(_) => mirror.error.inc(),
+    }
+}

@@ -1,0 +1,264 @@
+//! Layer 4 (request path): the data-plane server. Accepts client connections, serves each
+//! request through [`Proxy::handle`](super::Proxy), closes connections that stay quiet (one
+//! watchdog per connection), and drains on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::limits::{MAX_BUF_BYTES, MAX_HEAD_BYTES};
+use crate::upstream::ResponseBody;
+
+use super::Proxy;
+
+/// The connecting client, resolved once per connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The client's IP as a header value, for `x-forwarded-for`.
+    pub(super) ip: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { ip }
+    }
+}
+
+/// What a client connection is doing, for its watchdog: requests begun, and answers not yet
+/// fully sent. Touched by the connection's own task only (uncontended atomics).
+#[derive(Debug, Default)]
+struct Activity {
+    begun: AtomicU64,
+    busy: AtomicU32,
+}
+
+/// An answer on its way: the connection is busy until it is dropped.
+struct ActivityGuard(Arc<Activity>);
+
+impl Activity {
+    fn begin(this: &Arc<Activity>) -> ActivityGuard {
+        this.begun.fetch_add(1, Ordering::Relaxed);
+        this.busy.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(this.clone())
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body, holding the connection busy until hyper has sent (or dropped) it.
+struct Guarded {
+    body: ResponseBody,
+    _guard: ActivityGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = <ResponseBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Ends when the connection has been quiet for `timeout`: no answer being sent and no new
+/// request begun (an idle keep-alive connection, or a request head that never completes).
+/// Checked every eighth of `timeout`; activity is seen up to one check late, so the quiet time
+/// counted from that check must reach `timeout` plus one check: it closes after 1× to 1.25×
+/// `timeout` of quiet, never less. One timer per connection instead of one per request.
+async fn quiet_watchdog(activity: &Activity, timeout: Duration) {
+    let tick = (timeout / 8).max(Duration::from_millis(10));
+    let mut last = u64::MAX;
+    let mut quiet_since = tokio::time::Instant::now();
+    let sleep = tokio::time::sleep(tick);
+    tokio::pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        let now = tokio::time::Instant::now();
+        let begun = activity.begun.load(Ordering::Relaxed);
+        if begun != last || activity.busy.load(Ordering::Relaxed) > 0 {
+            last = begun;
+            quiet_since = now;
+        } else if now.duration_since(quiet_since) >= timeout + tick {
+            return;
+        }
+        sleep.as_mut().reset(now + tick);
+    }
+}
+
+/// Limits on what a client may send before its request is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientLimits {
+    /// Time a client has to send its request headers (slowloris); also how long an idle
+    /// keep-alive connection is kept. Default 60 s.
+    pub(crate) header_timeout: Duration,
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true, then stops accepting at once
+/// and lets the requests in flight finish for up to `drain`. Connection tasks log and never
+/// panic.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ClientLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut http = http1::Builder::new();
+    // The header timeout is the connection's own watchdog (see `quiet_watchdog`): hyper's would
+    // arm and drop a timer for every request, about 5 % of a request's instructions.
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_BUF_BYTES);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let peer = Peer::new(remote);
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let guard = Activity::begin(&seen);
+                // Boxed: hyper keeps the service's future inline in every client connection,
+                // idle or not, and moves it in per request.
+                Box::pin(proxy.handle(req, &peer, move |resp| {
+                    Ok::<_, Infallible>(resp.map(|body| Guarded {
+                        body,
+                        _guard: guard,
+                    }))
+                }))
+            }),
+        );
+        let conn = graceful.watch(conn);
+        let timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            tokio::select! {
+                done = conn => if let Err(e) = done {
+                    tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
+                },
+                () = quiet_watchdog(&activity, timeout) => {
+                    tracing::debug!(client = %remote, ?timeout, "no complete request in time; connection closed");
+                }
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(connections = open, drain = ?drain, "stopped accepting; draining requests in flight");
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all requests finished"),
+        Err(_) => {
+            tracing::warn!(drain = ?drain, "drain deadline passed; closing the remaining connections")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long the watchdog of `activity` takes to end (paused time).
+    async fn watchdog_ends_after(activity: &Arc<Activity>, timeout: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        quiet_watchdog(activity, timeout).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_is_closed_within_a_quarter_past_its_timeout() {
+        let a = Arc::new(Activity::default());
+        let took = watchdog_ends_after(&a, Duration::from_secs(8)).await;
+        assert!(
+            took >= Duration::from_secs(8) && took <= Duration::from_secs(10),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_quiet_time_is_counted_from_the_end_of_the_last_answer_never_less() {
+        let timeout = Duration::from_secs(8);
+        for offset_ms in [100u64, 500, 900, 950, 1400] {
+            let a = Arc::new(Activity::default());
+            let start = tokio::time::Instant::now();
+            let answered = async {
+                // A request answered in 150 ms, between two checks or across one.
+                tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+                let guard = Activity::begin(&a);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                drop(guard);
+                tokio::time::Instant::now()
+            };
+            let (ended, ()) = tokio::join!(answered, quiet_watchdog(&a, timeout));
+            let closed = tokio::time::Instant::now();
+            assert!(
+                closed - ended >= timeout && closed - start <= ended - start + timeout * 5 / 4,
+                "offset {offset_ms} ms: closed {:?} after the answer",
+                closed - ended
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_and_answers_in_progress_keep_the_connection() {
+        let a = Arc::new(Activity::default());
+        let timeout = Duration::from_secs(8);
+        // An answer still being sent for 60 s: never closed meanwhile.
+        let guard = Activity::begin(&a);
+        let busy = tokio::time::timeout(Duration::from_secs(60), quiet_watchdog(&a, timeout)).await;
+        assert!(busy.is_err(), "closed while an answer was being sent");
+        drop(guard);
+        // A new request every 5 s (each answered at once) keeps it open too.
+        tokio::select! {
+            () = quiet_watchdog(&a, timeout) => panic!("closed between requests 5 s apart"),
+            () = async {
+                for _ in 0..12 {
+                    drop(Activity::begin(&a));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            } => {}
+        }
+        // Then quiet: closed 8 to 10 s after the last request.
+        let took = watchdog_ends_after(&a, timeout).await;
+        assert!(took <= Duration::from_secs(10), "{took:?}");
+    }
+}

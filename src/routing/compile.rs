@@ -1,0 +1,286 @@
+//! Layer 3 (routing): building a table, in two steps. [`compile`] is pure: from a checked file,
+//! the addresses its names resolved to and the live table, it works out every deployment, which
+//! instances are kept (with their connections, health and slots) and which are new or gone.
+//! [`Compiled::apply`] then registers the new metric series, drops the series of what is gone
+//! and returns the table to swap in; the loader calls it once, right before the swap.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tokio::sync::Semaphore;
+
+use crate::addr::InstanceAddr;
+use crate::config::{Auth, EndpointConfig, RequestSettings};
+use crate::discovery::Names;
+use crate::instance::Instance;
+use crate::metrics::{DeploymentMetrics, Metrics};
+
+use super::sticky::sticky_bound;
+use super::{Deployment, Mirror, Table};
+
+/// A table compiled and not yet live: nothing registered anywhere.
+#[derive(Debug)]
+pub struct Compiled {
+    deployments: Vec<Planned>,
+    /// (exclusive cumulative upper bound, deployment index) for weights > 0.
+    cumulative: Vec<(u32, usize)>,
+    total_weight: u32,
+    pin_header: http::HeaderName,
+    sticky_header: Option<http::HeaderName>,
+    max_request_body_bytes: u64,
+    keys: Option<Box<[[u8; 32]]>>,
+    /// (deployment index, percent, deployment name) of the mirror.
+    mirror: Option<(usize, u8, String)>,
+    unrouted: Option<Arc<DeploymentMetrics>>,
+    /// Instances of kept deployments that are gone: (deployment, address).
+    gone_instances: Vec<(String, String)>,
+    /// Deployments that are gone, with their instances' addresses.
+    gone_deployments: Vec<(Arc<DeploymentMetrics>, Vec<String>)>,
+}
+
+/// One deployment of a compiled table.
+#[derive(Debug)]
+struct Planned {
+    name: String,
+    weight: u8,
+    settings: RequestSettings,
+    instances: Vec<PlannedInstance>,
+    /// The live deployment's metric handles, when it is kept.
+    metrics: Option<Arc<DeploymentMetrics>>,
+    limiter: Option<Arc<Semaphore>>,
+}
+
+#[derive(Debug)]
+enum PlannedInstance {
+    Kept(Arc<Instance>),
+    New {
+        addr: InstanceAddr,
+        discovered_from: Option<InstanceAddr>,
+    },
+}
+
+/// Compiles `cfg`; a host-name instance stands for the addresses `names` knows for it.
+/// Instances and metric handles of `previous` with the same deployment (and address) are kept.
+pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) -> Compiled {
+    let mut deployments = Vec::with_capacity(cfg.deployments.len());
+    let mut cumulative = Vec::new();
+    let mut total = 0u32;
+    let mut gone_instances = Vec::new();
+    for (index, d) in cfg.deployments.iter().enumerate() {
+        let old = previous.and_then(|t| t.deployment(&d.name));
+        let wanted = addresses(&d.instances, names);
+        let instances: Vec<PlannedInstance> = wanted
+            .iter()
+            .map(|(addr, from)| {
+                let kept = old.and_then(|o| {
+                    o.instances
+                        .iter()
+                        .find(|i| i.addr() == addr && i.discovered_from() == from.as_ref())
+                });
+                match kept {
+                    Some(i) => PlannedInstance::Kept(i.clone()),
+                    None => PlannedInstance::New {
+                        addr: addr.clone(),
+                        discovered_from: from.clone(),
+                    },
+                }
+            })
+            .collect();
+        if let Some(o) = old {
+            gone_instances.extend(
+                o.instances
+                    .iter()
+                    .filter(|i| !wanted.iter().any(|(a, _)| a == i.addr()))
+                    .map(|i| (d.name.clone(), i.addr().to_string())),
+            );
+        }
+        let limit = d.request.max_concurrent_per_instance as usize;
+        // The admission queue survives a reload that keeps the limit and the instance count,
+        // so that slots are neither leaked nor doubled.
+        let keep = old.and_then(|o| {
+            (o.settings.max_concurrent_per_instance == d.request.max_concurrent_per_instance
+                && o.instances.len() == instances.len())
+            .then(|| o.limiter.clone())
+        });
+        let limiter = keep.unwrap_or_else(|| {
+            (limit > 0).then(|| {
+                Arc::new(Semaphore::new(
+                    limit
+                        .saturating_mul(instances.len())
+                        .min(Semaphore::MAX_PERMITS),
+                ))
+            })
+        });
+        if d.weight > 0 {
+            total += u32::from(d.weight);
+            cumulative.push((total, index));
+        }
+        deployments.push(Planned {
+            name: d.name.clone(),
+            weight: d.weight,
+            settings: d.request.clone(),
+            instances,
+            metrics: old.map(|o| o.metrics.clone()),
+            limiter,
+        });
+    }
+    let gone_deployments = previous
+        .iter()
+        .flat_map(|t| t.deployments.iter())
+        .filter(|o| !cfg.deployments.iter().any(|d| d.name == *o.name))
+        .map(|o| {
+            let addrs = o.instances.iter().map(|i| i.addr().to_string()).collect();
+            (o.metrics.clone(), addrs)
+        })
+        .collect();
+    let mirror = cfg.mirror.as_ref().and_then(|m| {
+        let index = cfg
+            .deployments
+            .iter()
+            .position(|d| d.name == m.deployment)?;
+        Some((index, m.percent, m.deployment.clone()))
+    });
+    Compiled {
+        deployments,
+        cumulative,
+        total_weight: total,
+        pin_header: cfg.pin_header.clone(),
+        sticky_header: cfg.sticky_header.clone(),
+        max_request_body_bytes: cfg.max_request_body_bytes,
+        keys: match &cfg.auth {
+            Auth::Key(k) => Some(k.digests.clone().into_boxed_slice()),
+            Auth::None => None,
+        },
+        mirror,
+        unrouted: previous.map(|t| t.unrouted.clone()),
+        gone_instances,
+        gone_deployments,
+    }
+}
+
+/// The addresses of a deployment's instances, each with the name it came from: a name stands
+/// for its addresses; an address reached twice (two names, or a name and the address itself)
+/// counts once.
+fn addresses(written: &[InstanceAddr], names: &Names) -> Vec<(InstanceAddr, Option<InstanceAddr>)> {
+    let mut wanted = Vec::new();
+    for w in written {
+        match names.addresses(w) {
+            Some(addrs) => wanted.extend(
+                addrs
+                    .iter()
+                    .map(|a| (InstanceAddr::from_socket(*a), Some(w.clone()))),
+            ),
+            None => wanted.push((w.clone(), None)),
+        }
+    }
+    let mut seen = HashSet::new();
+    wanted.retain(|(a, _)| seen.insert(a.clone()));
+    wanted
+}
+
+// === impl Compiled ===
+
+impl Compiled {
+    /// The addresses of deployment `name`'s instances, in table order, and whether each is
+    /// kept from the live table.
+    pub fn instances(&self, name: &str) -> Vec<(String, bool)> {
+        self.deployments
+            .iter()
+            .filter(|d| d.name == name)
+            .flat_map(|d| d.instances.iter())
+            .map(|i| match i {
+                PlannedInstance::Kept(i) => (i.addr().to_string(), true),
+                PlannedInstance::New { addr, .. } => (addr.to_string(), false),
+            })
+            .collect()
+    }
+
+    /// The table to swap in: registers the series of new deployments and
+    /// instances, sets the weights, and drops the series of what is gone.
+    pub fn apply(self, metrics: &Metrics) -> Table {
+        for (deployment, addr) in &self.gone_instances {
+            metrics.remove_instance(deployment, addr);
+        }
+        for (m, addrs) in &self.gone_deployments {
+            let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            metrics.remove_deployment(m, &addrs);
+        }
+        let known_names = self
+            .deployments
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into();
+        let mirror = self.mirror.map(|(index, percent, name)| {
+            let counter = |result: &str| metrics.mirror.with_label_values(&[&name, result]);
+            Mirror {
+                index,
+                percent,
+                ok: counter("ok"),
+                error: counter("error"),
+                dropped: counter("dropped"),
+            }
+        });
+        let deployments: Box<[Deployment]> = self
+            .deployments
+            .into_iter()
+            .map(|d| {
+                let dm = d
+                    .metrics
+                    .unwrap_or_else(|| Arc::new(metrics.deployment(&d.name)));
+                metrics.set_weight(&d.name, d.weight);
+                let instances = d
+                    .instances
+                    .into_iter()
+                    .map(|i| match i {
+                        PlannedInstance::Kept(i) => i,
+                        PlannedInstance::New {
+                            addr,
+                            discovered_from,
+                        } => {
+                            let healthy = metrics.instance_healthy(&d.name, addr.as_str());
+                            Arc::new(Instance::new(
+                                addr,
+                                discovered_from,
+                                dm.in_flight().clone(),
+                                healthy,
+                            ))
+                        }
+                    })
+                    .collect();
+                Deployment {
+                    header_value: HeaderValue::from_str(&d.name)
+                        .unwrap_or(HeaderValue::from_static("invalid")),
+                    name: d.name.into(),
+                    weight: d.weight,
+                    instances,
+                    settings: d.settings,
+                    limiter: d.limiter,
+                    metrics: dm,
+                }
+            })
+            .collect();
+        let sticky_bounds = self
+            .cumulative
+            .iter()
+            .map(|&(cum, index)| (sticky_bound(cum), index))
+            .collect();
+        Table {
+            pin_header: self.pin_header,
+            deployments,
+            cumulative: self.cumulative.into(),
+            total_weight: self.total_weight,
+            max_request_body_bytes: self.max_request_body_bytes,
+            known_names,
+            unrouted: self
+                .unrouted
+                .unwrap_or_else(|| Arc::new(metrics.unrouted())),
+            sticky_header: self.sticky_header,
+            sticky_bounds,
+            mirror,
+            keys: self.keys,
+        }
+    }
+}

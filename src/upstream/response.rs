@@ -1,0 +1,153 @@
+//! Layer 3 (upstream): the body sent to the client — an instance's streamed answer, which
+//! holds the instance's slot and connection until its last byte and cuts off a stalled answer,
+//! or a small body scoregate wrote.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::instance::{Conn, Slot};
+
+/// Why a response body was cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("the instance sent nothing for {0:?} while streaming its answer")]
+pub(crate) struct BodyStalled(pub Duration);
+
+/// An instance's answer on its way to the client. Holds the instance's slot and connection
+/// until the last byte; a body that stalls for `idle` is cut off.
+pub(crate) struct UpstreamBody {
+    body: Incoming,
+    slot: Option<Slot>,
+    conn: Option<Conn>,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An answer read to its end whose last poll never came still returns its connection.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+/// The body sent to the client: an instance's streamed answer, or a small body scoregate wrote.
+pub(crate) enum ResponseBody {
+    Upstream(UpstreamBody),
+    Full(Option<Bytes>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Upstream(_) => f.write_str("ResponseBody::Upstream"),
+            ResponseBody::Full(b) => write!(f, "ResponseBody::Full({b:?})"),
+        }
+    }
+}
+
+impl ResponseBody {
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        ResponseBody::Full(Some(bytes))
+    }
+
+    pub(crate) fn upstream(body: Incoming, slot: Slot, conn: Conn, idle: Duration) -> Self {
+        ResponseBody::Upstream(UpstreamBody {
+            body,
+            slot: Some(slot),
+            conn: Some(conn),
+            idle,
+            timer: None,
+        })
+    }
+}
+
+impl UpstreamBody {
+    /// The answer is complete: the connection goes back to the pool, the slot is freed.
+    fn finish(&mut self) {
+        if let (Some(slot), Some(conn)) = (self.slot.take(), self.conn.take()) {
+            slot.instance().pool().checkin(conn);
+        }
+    }
+
+    /// The answer broke off: the connection is dropped and the instance charged a failure.
+    fn fail(&mut self) {
+        self.conn.take();
+        if let Some(slot) = self.slot.take() {
+            slot.instance().record_failure();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let up = match &mut *self {
+            ResponseBody::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
+            }
+            ResponseBody::Upstream(up) => up,
+        };
+        match Pin::new(&mut up.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if up.body.is_end_stream() {
+                    // The last frame: the server may not poll again, so finish now.
+                    up.finish();
+                } else if let Some(t) = up.timer.as_mut() {
+                    let deadline = tokio::time::Instant::now() + up.idle;
+                    t.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                up.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                up.fail();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => {
+                let idle = up.idle;
+                let timer = up
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        if let Some(slot) = &up.slot {
+                            tracing::warn!(instance = %slot.instance().addr(), "answer stalled; cut off");
+                        }
+                        up.fail();
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(up) => up.body.is_end_stream(),
+            ResponseBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(up) => up.body.size_hint(),
+            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
