@@ -3,7 +3,7 @@
 # proxies a short training load between the built-in scoring servers and load generator, and the
 # final build is laid out and inlined by what that run measured. On the development VM this cut
 # the instructions per proxied request by a quarter and the CPU per request by about a tenth
-# (README, "Benchmarks").
+# (docs/performance.md, "Benchmarks").
 #
 #   load-test/pgo-build.sh            # then: target/release/scoregate run --config FILE
 #
