@@ -25,7 +25,7 @@ use crate::routing::Table;
 /// The status page, one self-contained file.
 const STATUS_HTML: &str = include_str!("status.html");
 /// How far back the status page's rates and latencies look.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Cumulative counts of one deployment at one instant.
@@ -39,7 +39,7 @@ struct Counts {
 type Snapshot = (Instant, HashMap<String, Counts>);
 
 /// What the admin endpoints read.
-pub struct Admin {
+pub(crate) struct Admin {
     loader: Arc<Loader>,
     metrics: Arc<Metrics>,
     history: Mutex<VecDeque<Snapshot>>,
@@ -96,7 +96,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Admin {
-    pub fn new(loader: Arc<Loader>, metrics: Arc<Metrics>) -> Admin {
+    pub(crate) fn new(loader: Arc<Loader>, metrics: Arc<Metrics>) -> Admin {
         Admin {
             loader,
             metrics,
@@ -109,7 +109,7 @@ impl Admin {
     }
 
     /// Records counts once a second for the status page's windowed rates.
-    pub async fn sample(self: Arc<Self>) {
+    pub(crate) async fn sample(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         loop {
             tick.tick().await;
@@ -123,7 +123,7 @@ impl Admin {
     }
 
     /// `/readyz`: `Ok` when every deployment with weight > 0 has a healthy instance.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub(crate) fn readiness(&self) -> Result<(), String> {
         let table = self.loader.table().load();
         let unready: Vec<String> = table
             .deployments
@@ -153,7 +153,7 @@ impl Admin {
     /// `/config`: the live configuration and its provenance.
     /// `dns` lists every host-name instance: its addresses, when it last resolved, and the
     /// error while lookups fail.
-    pub fn config_json(&self) -> Value {
+    pub(crate) fn config_json(&self) -> Value {
         let status = self.loader.status();
         let table = self.loader.table().load();
         let sha: String = Sha256::digest(status.source.as_bytes())
@@ -213,7 +213,7 @@ impl Admin {
     }
 
     /// `/status.json`: what the status page shows, with rates over the last [`WINDOW`].
-    pub fn status_json(&self) -> Value {
+    pub(crate) fn status_json(&self) -> Value {
         let status = self.loader.status();
         let table = self.loader.table().load();
         let now_counts = counts(&table);
@@ -332,7 +332,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 }
 
 /// Serves the admin endpoints on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     tokio::spawn(admin.clone().sample());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -21,7 +21,7 @@ use crate::scoring::{Model, ScoreServer};
 
 /// A failure that stops a command, with the message the user sees.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -33,7 +33,7 @@ pub enum AppError {
 }
 
 /// Warnings as `PATH:LINE:COL: warning: message` lines.
-pub fn format_warnings(path: &Path, loaded: &Loaded) -> String {
+pub(crate) fn format_warnings(path: &Path, loaded: &Loaded) -> String {
     loaded
         .warnings
         .iter()
@@ -50,7 +50,7 @@ pub fn format_warnings(path: &Path, loaded: &Loaded) -> String {
 }
 
 /// The effective traffic table, as `check` prints it.
-pub fn traffic_table(cfg: &EndpointConfig) -> String {
+pub(crate) fn traffic_table(cfg: &EndpointConfig) -> String {
     let mut out = String::new();
     let width = cfg
         .deployments
@@ -80,7 +80,7 @@ pub fn traffic_table(cfg: &EndpointConfig) -> String {
 
 /// `scoregate check PATH`: the report on stdout and the warnings on stderr (exit 0), or the
 /// errors (exit 1).
-pub fn check_command(path: &Path) -> ExitCode {
+pub(crate) fn check_command(path: &Path) -> ExitCode {
     match check(path) {
         Ok((report, warnings)) => {
             eprint!("{warnings}");
@@ -95,7 +95,7 @@ pub fn check_command(path: &Path) -> ExitCode {
 }
 
 /// `scoregate traffic PATH [name=weight ...]`: shows the traffic table, or sets weights.
-pub fn traffic(path: &Path, weights: &[String]) -> Result<String, String> {
+pub(crate) fn traffic(path: &Path, weights: &[String]) -> Result<String, String> {
     if weights.is_empty() {
         return check(path)
             .map(|(report, _)| report)
@@ -114,7 +114,7 @@ pub fn traffic(path: &Path, weights: &[String]) -> Result<String, String> {
 }
 
 /// `scoregate swap PATH`.
-pub fn swap(path: &Path) -> Result<String, String> {
+pub(crate) fn swap(path: &Path) -> Result<String, String> {
     crate::ops::swap(path)
         .map(|w| {
             format!(
@@ -127,7 +127,7 @@ pub fn swap(path: &Path) -> Result<String, String> {
 }
 
 /// `scoregate rollout`: exit 0 when completed, 2 when rolled back, 1 when stopped.
-pub async fn rollout(path: &Path, opts: &crate::rollout::Options) -> ExitCode {
+pub(crate) async fn rollout(path: &Path, opts: &crate::rollout::Options) -> ExitCode {
     use crate::rollout::Outcome;
     match crate::rollout::run(path, opts).await {
         Ok(Outcome::Completed) => ExitCode::SUCCESS,
@@ -147,7 +147,7 @@ pub async fn rollout(path: &Path, opts: &crate::rollout::Options) -> ExitCode {
 }
 
 /// `scoregate load`: the report on stdout; exit 1 when a request failed.
-pub async fn load(opts: crate::loadgen::Options) -> ExitCode {
+pub(crate) async fn load(opts: crate::loadgen::Options) -> ExitCode {
     match crate::loadgen::run(opts).await {
         Ok(report) => {
             print!("{}", report.text);
@@ -165,7 +165,7 @@ pub async fn load(opts: crate::loadgen::Options) -> ExitCode {
 }
 
 /// The exit of a serving command: its error on stderr, exit 1.
-pub fn exit(result: Result<(), AppError>) -> ExitCode {
+pub(crate) fn exit(result: Result<(), AppError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -176,7 +176,7 @@ pub fn exit(result: Result<(), AppError>) -> ExitCode {
 }
 
 /// `scoregate check PATH`: the report printed on success.
-pub fn check(path: &Path) -> Result<(String, String), ConfigError> {
+pub(crate) fn check(path: &Path) -> Result<(String, String), ConfigError> {
     let loaded = config::load_file(path)?;
     let c = &loaded.config;
     let mut report = format!(
@@ -223,16 +223,16 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
 }
 
 /// A running proxy.
-pub struct Running {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin_listen: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops accepting at once and waits for the requests in flight (up to the drain time).
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.serving.await;
     }
@@ -240,7 +240,7 @@ impl Running {
 
 /// Loads `path`, binds the admin listener and the data plane, and starts serving and watching
 /// the file in the background.
-pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
+pub(crate) async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
     let loaded = config::load_file(path)?;
     eprint!("{}", format_warnings(path, &loaded));
     let cfg = &loaded.config;
@@ -279,7 +279,7 @@ pub async fn start(path: &Path, drain: Duration) -> Result<Running, AppError> {
 }
 
 /// `scoregate run`: serves until Ctrl-C or SIGTERM.
-pub async fn run(path: &Path, drain: Duration) -> Result<(), AppError> {
+pub(crate) async fn run(path: &Path, drain: Duration) -> Result<(), AppError> {
     let running = start(path, drain).await?;
     wait_for_shutdown().await;
     running.shutdown().await;
@@ -287,7 +287,7 @@ pub async fn run(path: &Path, drain: Duration) -> Result<(), AppError> {
 }
 
 /// `scoregate score-server`.
-pub async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), AppError> {
+pub(crate) async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), AppError> {
     let listener = bind("scoring server", addr).await?;
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(
@@ -303,7 +303,7 @@ pub async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), A
 
 /// `scoregate demo`: scoring servers for every instance of the file (`blue` runs model v1,
 /// `green` v2, other deployments alternate by position), then the proxy.
-pub async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
+pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
     let loaded = config::load_file(&path)?;
     for (i, d) in loaded.config.deployments.iter().enumerate() {
         let model = match d.name.as_str() {
@@ -364,7 +364,7 @@ pub async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_shutdown() {
+pub(crate) async fn wait_for_shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

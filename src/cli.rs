@@ -14,7 +14,7 @@ use crate::scoring::{Model, ScoreServer};
 /// Traffic-splitting reverse proxy for model-scoring endpoints.
 #[derive(Parser)]
 #[command(name = "scoregate", version, about)]
-pub struct Cli {
+struct Cli {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,

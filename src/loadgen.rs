@@ -17,16 +17,16 @@ use hyper_util::rt::TokioExecutor;
 
 /// What `load` sends.
 #[derive(Debug, Clone)]
-pub struct Options {
-    pub url: String,
+pub(crate) struct Options {
+    pub(crate) url: String,
     /// How long. Default 10 s.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Clients sending at once, each on its own keep-alive connection. Default 8.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Extra request headers (a pin, a sticky key, a key).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// A POST body (JSON); GET without it.
-    pub body: Option<Bytes>,
+    pub(crate) body: Option<Bytes>,
 }
 
 #[derive(Default)]
@@ -38,9 +38,9 @@ struct Tally {
 
 /// The outcome of a load run.
 #[derive(Debug)]
-pub struct Report {
-    pub failed: u64,
-    pub text: String,
+pub(crate) struct Report {
+    pub(crate) failed: u64,
+    pub(crate) text: String,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -52,7 +52,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// Runs the load and returns the report (also printing progress on stderr).
-pub async fn run(opts: Options) -> Result<Report, String> {
+pub(crate) async fn run(opts: Options) -> Result<Report, String> {
     let uri: http::Uri = opts
         .url
         .parse()

@@ -10,7 +10,7 @@ use crate::config::{self, ConfigError, EndpointConfig, RewriteError};
 
 /// Why an edit was refused; nothing was written.
 #[derive(Debug, thiserror::Error)]
-pub enum OpsError {
+pub(crate) enum OpsError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -25,7 +25,7 @@ pub enum OpsError {
 }
 
 /// The live weights of a file's deployments, in table order (`traffic:` order first).
-pub fn weights(cfg: &EndpointConfig) -> Vec<(String, u8)> {
+pub(crate) fn weights(cfg: &EndpointConfig) -> Vec<(String, u8)> {
     cfg.deployments
         .iter()
         .map(|d| (d.name.clone(), d.weight))
@@ -33,7 +33,7 @@ pub fn weights(cfg: &EndpointConfig) -> Vec<(String, u8)> {
 }
 
 /// `blue=90 green=10` (with `unit` after each number, like `%`).
-pub fn show(weights: &[(String, u8)], unit: &str) -> String {
+pub(crate) fn show(weights: &[(String, u8)], unit: &str) -> String {
     weights
         .iter()
         .map(|(n, w)| format!("{n}={w}{unit}"))
@@ -42,7 +42,10 @@ pub fn show(weights: &[(String, u8)], unit: &str) -> String {
 }
 
 /// Parses `name=weight` arguments.
-pub fn parse_assignments(path: &Path, args: &[String]) -> Result<Vec<(String, u8)>, OpsError> {
+pub(crate) fn parse_assignments(
+    path: &Path,
+    args: &[String],
+) -> Result<Vec<(String, u8)>, OpsError> {
     let mut seen = std::collections::BTreeSet::new();
     for a in args {
         let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
@@ -74,7 +77,10 @@ pub fn parse_assignments(path: &Path, args: &[String]) -> Result<Vec<(String, u8
 
 /// Sets the given weights (others stay), validates as `check` does and replaces the file.
 /// Returns the resulting weights.
-pub fn set_weights(path: &Path, assign: &[(String, u8)]) -> Result<Vec<(String, u8)>, OpsError> {
+pub(crate) fn set_weights(
+    path: &Path,
+    assign: &[(String, u8)],
+) -> Result<Vec<(String, u8)>, OpsError> {
     let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         errors: vec![config::Diagnostic {
@@ -111,7 +117,7 @@ pub fn set_weights(path: &Path, assign: &[(String, u8)]) -> Result<Vec<(String, 
 /// Replaces `path` with `bytes`: a temporary file in the same directory, fsync, the original's
 /// permissions, rename, fsync of the directory. A symlink is followed, so the file it points to
 /// is replaced.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OpsError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OpsError> {
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let fail = |source| OpsError::Write {
         path: target.clone(),
@@ -143,7 +149,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OpsError> {
 }
 
 /// `swap`: the deployment at 0% and the one at 100% trade weights.
-pub fn swap(path: &Path) -> Result<Vec<(String, u8)>, OpsError> {
+pub(crate) fn swap(path: &Path) -> Result<Vec<(String, u8)>, OpsError> {
     let loaded = config::load_file(path)?;
     let w = weights(&loaded.config);
     let refuse = |message: String| OpsError::Refused {
@@ -171,7 +177,7 @@ pub fn swap(path: &Path) -> Result<Vec<(String, u8)>, OpsError> {
 /// The weights with `name` at `percent`: what `name` gains is taken from the others in
 /// proportion to their weights (what it loses is given to them likewise, equally if they are
 /// all at 0); the rounding remainder is taken from (or given to) the largest.
-pub fn step_weights(current: &[(String, u8)], name: &str, percent: u8) -> Vec<(String, u8)> {
+pub(crate) fn step_weights(current: &[(String, u8)], name: &str, percent: u8) -> Vec<(String, u8)> {
     let percent = percent.min(100);
     let old = current
         .iter()

@@ -21,41 +21,41 @@ use crate::ops::{self, OpsError};
 
 /// What `rollout` was asked to do (also its command-line flags).
 #[derive(Debug, Clone, clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The deployment that takes the traffic.
     #[arg(long)]
-    pub to: String,
+    pub(crate) to: String,
     /// Its weight at each step, in percent.
     #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
-    pub steps: Vec<u8>,
+    pub(crate) steps: Vec<u8>,
     /// How long each step is watched, like 60s, 2m or 500ms.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Largest share of 5xx answers of the target in a step.
     #[arg(long, default_value_t = 0.01)]
-    pub max_error_rate: f64,
+    pub(crate) max_error_rate: f64,
     /// Largest p99 latency of the target in a step, in ms.
     #[arg(long, default_value_t = 500.0)]
     pub max_p99_ms: f64,
     /// Fewest requests to the target in a step to judge it.
     #[arg(long, default_value_t = 20)]
-    pub min_requests: u64,
+    pub(crate) min_requests: u64,
     /// The proxy's admin URL (default: the file's admin_listen).
     #[arg(long)]
-    pub admin: Option<String>,
+    pub(crate) admin: Option<String>,
     /// Ask before each step.
     #[arg(long)]
-    pub confirm: bool,
+    pub(crate) confirm: bool,
 }
 
 /// A duration flag like `60s`, `2m` or `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 60s or 2m: {e}"))
 }
 
 /// How a rollout ended.
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every step passed.
     Completed,
     /// A step failed its checks; the original weights are back.
@@ -66,7 +66,7 @@ pub enum Outcome {
 
 /// A rollout that could not run at all.
 #[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
+pub(crate) enum RolloutError {
     #[error("{0}")]
     Ops(#[from] OpsError),
     #[error("{0}")]
@@ -229,7 +229,7 @@ fn restore(
 }
 
 /// Runs the rollout, printing progress on stdout.
-pub async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutError> {
+pub(crate) async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutError> {
     let loaded = config::load_file(path).map_err(OpsError::from)?;
     let cfg = &loaded.config;
     if !cfg.deployments.iter().any(|d| d.name == opts.to) {

@@ -19,17 +19,17 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 /// Largest request body the scoring server reads.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// A model version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
+pub(crate) enum Model {
     V1,
     V2,
 }
 
 impl Model {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Model::V1 => "v1",
             Model::V2 => "v2",
@@ -37,7 +37,7 @@ impl Model {
     }
 
     /// The model's prediction for one row of features.
-    pub fn predict(self, row: &[f64]) -> f64 {
+    pub(crate) fn predict(self, row: &[f64]) -> f64 {
         let sum: f64 = row.iter().sum();
         match self {
             Model::V1 => 1.0 + 0.5 * sum,
@@ -48,14 +48,14 @@ impl Model {
 
 /// How one scoring server behaves.
 #[derive(Debug, Clone)]
-pub struct ScoreServer {
+pub(crate) struct ScoreServer {
     /// The deployment it belongs to, reported in every answer.
-    pub name: String,
-    pub model: Model,
+    pub(crate) name: String,
+    pub(crate) model: Model,
     /// Added before every `/score` answer. Default 0.
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     /// Share of `/score` requests answered with 500, 0.0–1.0. Default 0.
-    pub error_rate: f64,
+    pub(crate) error_rate: f64,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +149,7 @@ impl ScoreServer {
     }
 
     /// Serves on `listener` until the process ends.
-    pub async fn serve(self, listener: TcpListener) {
+    pub(crate) async fn serve(self, listener: TcpListener) {
         let me = Arc::new(self);
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).keep_alive(true);

@@ -17,7 +17,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Can a TCP connection to the instance be opened now?
 async fn probe(instance: &Instance) -> bool {
-    let connect = tcp_connect(instance.authority());
+    let connect = tcp_connect(instance.addr());
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, connect).await,
         Ok(Ok(_))

@@ -8,6 +8,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
 use crate::limits::MAX_BUF_BYTES;
 
@@ -99,17 +100,17 @@ impl Pool {
     }
 }
 
-/// A TCP connection to `authority` (`host:port`; a DNS name is resolved by the system).
-pub(crate) async fn tcp_connect(authority: &str) -> std::io::Result<TcpStream> {
-    match authority.parse::<std::net::SocketAddr>() {
-        Ok(addr) => TcpStream::connect(addr).await,
-        Err(_) => TcpStream::connect(authority).await,
+/// A TCP connection to `addr` (a DNS name is resolved by the system).
+pub(crate) async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStream> {
+    match addr.socket_addr() {
+        Some(a) => TcpStream::connect(a).await,
+        None => TcpStream::connect(addr.as_str()).await,
     }
 }
 
-/// An HTTP/1.1 connection to `authority`, driven by its own task.
-pub(crate) async fn connect(authority: &str) -> std::io::Result<Conn> {
-    let stream = tcp_connect(authority).await?;
+/// An HTTP/1.1 connection to `addr`, driven by its own task.
+pub(crate) async fn connect(addr: &InstanceAddr) -> std::io::Result<Conn> {
+    let stream = tcp_connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(MAX_BUF_BYTES)

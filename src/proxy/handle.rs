@@ -205,7 +205,7 @@ async fn exchange(
     loop {
         let instance = slot.instance().clone();
         *current = instance.clone();
-        let failure = match upstream::send(instance.pool(), instance.authority(), pending).await {
+        let failure = match upstream::send(&instance, pending).await {
             Ok((resp, conn)) => return Ok((resp, conn, slot)),
             Err(f) => f,
         };

@@ -84,8 +84,7 @@ async fn copy(
     let mut pending = Some(Box::new(Request::from_parts(head, RequestBody::copy(body))));
     let instance = slot.instance();
     let exchange = async {
-        let (resp, conn) =
-            upstream::send(instance.pool(), instance.authority(), &mut pending).await?;
+        let (resp, conn) = upstream::send(instance, &mut pending).await?;
         let status = resp.status();
         resp.into_body().collect().await.map_err(Failure::Broken)?;
         instance.pool().checkin(conn);

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 
+use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
-use crate::instance::{Conn, Pool, connect};
+use crate::instance::{Conn, Instance, connect};
 
 pub(crate) use failure::{Failure, Fault, classify};
 pub(crate) use headers::{copy_head, strip_hop_by_hop};
@@ -59,7 +60,7 @@ async fn prepare_replay(req: Request<RequestBody>) -> Result<Replay, Failure> {
 /// life, and a box keeps that future small enough for the allocator's fast path.
 pub(crate) type Pending = Option<Box<Request<RequestBody>>>;
 
-/// Sends the request in `pending` to the instance behind `pool` and `authority`, on an idle
+/// Sends the request in `pending` to `instance`, on an idle
 /// pooled connection when there is one. A request that a closed pooled connection could not take
 /// is sent on another; a request on a connection that sat idle for a while is kept (small bodies)
 /// and sent again on a new connection if that one closes without answering.
@@ -68,10 +69,11 @@ pub(crate) type Pending = Option<Box<Request<RequestBody>>>;
 /// it comes back unsent, so after [`Failure::Connect`] it is there for another instance. It is
 /// borrowed rather than moved in so that the request's future holds it once, not once per layer.
 pub(crate) async fn send(
-    pool: &Pool,
-    authority: &str,
+    instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
+    let pool = instance.pool();
+    let addr = instance.addr();
     // Not `while let`: its scrutinee would be kept across the awaits in the loop.
     loop {
         let Some(mut conn) = pool.checkout() else {
@@ -87,7 +89,7 @@ pub(crate) async fn send(
             return Box::pin(async move {
                 let req = take(pending)?;
                 let replay = prepare_replay(req).await?;
-                send_replayable(authority, conn, replay, pending).await
+                send_replayable(addr, conn, replay, pending).await
             })
             .await;
         }
@@ -106,7 +108,7 @@ pub(crate) async fn send(
         }
     }
     Box::pin(async move {
-        let conn = connect(authority).await.map_err(Failure::Connect)?;
+        let conn = connect(addr).await.map_err(Failure::Connect)?;
         send_on_new(conn, pending).await
     })
     .await
@@ -143,7 +145,7 @@ async fn send_on_new(
 }
 
 async fn send_replayable(
-    authority: &str,
+    addr: &InstanceAddr,
     mut conn: Conn,
     replay: Replay,
     pending: &mut Pending,
@@ -164,7 +166,7 @@ async fn send_replayable(
         }
     }
     *pending = Some(Box::new(replay.request()));
-    let result = match connect(authority).await {
+    let result = match connect(addr).await {
         Ok(conn) => send_on_new(conn, pending).await,
         Err(e) => Err(Failure::Connect(e)),
     };

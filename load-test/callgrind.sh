@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind: the steady measure of the
+# hot path (repeats within about 2 %, where wall-clock runs on a shared VM move by 10 %).
+#
+#   load-test/callgrind.sh [BINARY]        # default target/release/scoregate
+#   CONNS=256 SECONDS_LOAD=8 load-test/callgrind.sh
+#
+# Starts two built-in scoring servers and the proxy (under callgrind, counting off) on
+# system-picked loopback ports, warms up, counts only while `scoregate load` sends CONNS
+# keep-alive clients' requests for SECONDS_LOAD, and prints the instructions per request.
+# Needs valgrind (Debian package valgrind). Leaves no process or file behind.
+set -euo pipefail
+
+bin=${1:-target/release/scoregate}
+conns=${CONNS:-32}
+secs=${SECONDS_LOAD:-6}
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "callgrind.sh: no binary at $bin (cargo build --release)" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# The address a process logged on a line containing $2, waiting up to 60 s.
+logged_addr() {
+  local log=$1 what=$2
+  for _ in $(seq 600); do
+    local a
+    a=$(grep -a "$what" "$log" | grep -oE 'addr=[0-9.]+:[0-9]+' | head -1 | cut -d= -f2 || true)
+    if [ -n "$a" ]; then echo "$a"; return 0; fi
+    sleep 0.1
+  done
+  echo "callgrind.sh: no '$what' in $log:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+for name in blue green; do
+  "$bin" score-server --name "$name" --listen 127.0.0.1:0 2>"$tmp/$name.log" &
+  pids+=($!)
+done
+blue=$(logged_addr "$tmp/blue.log" "scoring server listening")
+green=$(logged_addr "$tmp/green.log" "scoring server listening")
+
+cat >"$tmp/endpoint.yaml" <<EOF
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+traffic: {blue: 90, green: 10}
+deployments:
+  blue: {instances: [$blue]}
+  green: {instances: [$green]}
+EOF
+
+RUST_LOG=warn,scoregate::app=info valgrind --tool=callgrind --collect-atstart=no \
+  --callgrind-out-file="$tmp/callgrind.out" "$bin" run --config "$tmp/endpoint.yaml" \
+  2>"$tmp/proxy.log" &
+proxy=$!
+pids+=($proxy)
+addr=$(logged_addr "$tmp/proxy.log" "data plane listening")
+
+"$bin" load "http://$addr/score" --duration 2s --concurrency "$conns" >/dev/null 2>&1 || true
+callgrind_control -i on "$proxy" >/dev/null
+"$bin" load "http://$addr/score" --duration "${secs}s" --concurrency "$conns" >"$tmp/load.txt" 2>/dev/null || true
+callgrind_control -i off "$proxy" >/dev/null
+kill -TERM "$proxy"
+wait "$proxy" 2>/dev/null || true
+
+requests=$(grep -oE '^[0-9]+ requests in' "$tmp/load.txt" | grep -oE '^[0-9]+')
+failed=$(grep -oE '[0-9]+ failed' "$tmp/load.txt" | head -1 | grep -oE '^[0-9]+')
+total=$(callgrind_annotate "$tmp/callgrind.out" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | grep -oE '^[0-9,]+' | tr -d ,)
+[ -n "$requests" ] && [ "$requests" -gt 0 ] && [ -n "$total" ] || {
+  echo "callgrind.sh: the run did not complete:" >&2
+  cat "$tmp/load.txt" "$tmp/proxy.log" >&2
+  exit 1
+}
+echo "binary $bin, $conns connections: $requests requests ($failed failed), $total instructions"
+awk -v t="$total" -v n="$requests" 'BEGIN { printf "instructions per request: %.0f\n", t / n }'
