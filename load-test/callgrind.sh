@@ -5,7 +5,7 @@
 #   load-test/callgrind.sh [BINARY]        # default target/release/scoregate
 #   CONNS=256 SECONDS_LOAD=8 load-test/callgrind.sh
 #
-# Starts two built-in scoring servers and the proxy (under callgrind, counting off) on
+# Starts two built-in scoring servers and the proxy (under callgrind, instrumentation off) on
 # system-picked loopback ports, warms up, counts only while `scoregate load` sends CONNS
 # keep-alive clients' requests for SECONDS_LOAD, and prints the instructions per request.
 # Needs valgrind (Debian package valgrind). Leaves no process or file behind.
@@ -56,7 +56,7 @@ deployments:
   green: {instances: [$green]}
 EOF
 
-RUST_LOG=warn,scoregate::app=info valgrind --tool=callgrind --collect-atstart=no \
+RUST_LOG=warn,scoregate::app=info valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$tmp/callgrind.out" "$bin" run --config "$tmp/endpoint.yaml" \
   2>"$tmp/proxy.log" &
 proxy=$!
@@ -64,15 +64,16 @@ pids+=($proxy)
 addr=$(logged_addr "$tmp/proxy.log" "data plane listening")
 
 "$bin" load "http://$addr/score" --duration 2s --concurrency "$conns" >/dev/null 2>&1 || true
-callgrind_control -i on "$proxy" >/dev/null
+callgrind_control -i on "$proxy" >/dev/null 2>&1
 "$bin" load "http://$addr/score" --duration "${secs}s" --concurrency "$conns" >"$tmp/load.txt" 2>/dev/null || true
-callgrind_control -i off "$proxy" >/dev/null
+callgrind_control -i off "$proxy" >/dev/null 2>&1
 kill -TERM "$proxy"
 wait "$proxy" 2>/dev/null || true
 
 requests=$(grep -oE '^[0-9]+ requests in' "$tmp/load.txt" | grep -oE '^[0-9]+')
-failed=$(grep -oE '[0-9]+ failed' "$tmp/load.txt" | head -1 | grep -oE '^[0-9]+')
-total=$(callgrind_annotate "$tmp/callgrind.out" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | grep -oE '^[0-9,]+' | tr -d ,)
+failed=$(grep -m1 -oE '[0-9]+ failed' "$tmp/load.txt" | grep -oE '^[0-9]+')
+callgrind_annotate "$tmp/callgrind.out" >"$tmp/annotated.txt" 2>/dev/null || true
+total=$(grep -m1 'PROGRAM TOTALS' "$tmp/annotated.txt" | grep -oE '^[0-9,]+' | tr -d , || true)
 [ -n "$requests" ] && [ "$requests" -gt 0 ] && [ -n "$total" ] || {
   echo "callgrind.sh: the run did not complete:" >&2
   cat "$tmp/load.txt" "$tmp/proxy.log" >&2

@@ -96,9 +96,16 @@ impl fmt::Display for InstanceAddr {
     }
 }
 
+/// An address equals the text it was written as.
+impl PartialEq<str> for InstanceAddr {
+    fn eq(&self, other: &str) -> bool {
+        *self.text == *other
+    }
+}
+
 impl PartialEq<&str> for InstanceAddr {
     fn eq(&self, other: &&str) -> bool {
-        &*self.text == *other
+        *self.text == **other
     }
 }
 

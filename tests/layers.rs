@@ -266,7 +266,10 @@ fn imports_only_go_down_the_layers_and_close_no_circle() {
         .filter_map(|p| module_of(p, Path::new("src")))
         .collect();
     let listed: BTreeSet<String> = table.keys().cloned().collect();
-    assert_eq!(modules, listed, "src/ and the layer table of src/lib.rs differ");
+    assert_eq!(
+        modules, listed,
+        "src/ and the layer table of src/lib.rs differ"
+    );
     let found = imports(&files);
     assert!(found.len() > 30, "too few imports read: {found:?}");
     let bad = breaches(&table, &found);
@@ -278,7 +281,10 @@ fn the_readme_shows_the_same_layer_table() {
     let lib = layer_rows(&read("src/lib.rs"));
     let readme = layer_rows(&read("README.md"));
     assert!(!lib.is_empty());
-    assert_eq!(readme, lib, "README.md's Layout table differs from src/lib.rs");
+    assert_eq!(
+        readme, lib,
+        "README.md's Layout table differs from src/lib.rs"
+    );
 }
 
 const TABLE: &str = "//! <!-- layers -->\n//! | layer | modules | what |\n//! | --- | --- | --- |\n//! | 0 values | `error`, `addr` | x |\n//! | 3 route | `routing`, `upstream` | x |\n//! | 4 request | `proxy` | x |\n//! <!-- /layers -->\n";
@@ -294,7 +300,10 @@ fn check(files: &[(&str, &str)]) -> Vec<String> {
 #[test]
 fn an_upward_import_is_named_with_its_file_and_line() {
     let bad = check(&[
-        ("src/addr.rs", "//! crate::proxy in a comment is fine\nuse std::fmt;\n"),
+        (
+            "src/addr.rs",
+            "//! crate::proxy in a comment is fine\nuse std::fmt;\n",
+        ),
         (
             "src/routing/compile.rs",
             "use crate::addr::InstanceAddr;\nuse crate::{error::E,\n    proxy::Proxy};\n",
@@ -302,14 +311,19 @@ fn an_upward_import_is_named_with_its_file_and_line() {
     ]);
     assert_eq!(
         bad,
-        ["src/routing/compile.rs:3: `routing` (layer 3) imports `proxy` (layer 4), a layer above it"]
+        [
+            "src/routing/compile.rs:3: `routing` (layer 3) imports `proxy` (layer 4), a layer above it"
+        ]
     );
 }
 
 #[test]
 fn a_circle_within_a_layer_is_refused() {
     let bad = check(&[
-        ("src/routing/mod.rs", "fn f() { crate::upstream::send(); }\n"),
+        (
+            "src/routing/mod.rs",
+            "fn f() { crate::upstream::send(); }\n",
+        ),
         ("src/upstream/mod.rs", "\nuse crate::routing::Table;\n"),
     ]);
     assert_eq!(bad.len(), 1, "{bad:?}");

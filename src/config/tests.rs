@@ -93,6 +93,7 @@ fn empty_file_is_refused() {
 
 #[test]
 fn yaml_syntax_error_is_reported_at_its_position() {
+    // The messages and positions are saphyr-parser's (they were libyaml's with serde_yaml).
     assert_eq!(
         errors("name: a: b\n"),
         vec![d(1, 8, "mapping values are not allowed in this context")]
@@ -101,27 +102,32 @@ fn yaml_syntax_error_is_reported_at_its_position() {
         errors("traffic:\n\tblue: 100\n"),
         vec![d(
             2,
-            1,
-            "found character that cannot start any token, while scanning for the next token"
+            2,
+            "tabs disallowed within this context (block indentation)"
         )]
     );
-    // An unclosed flow list: reported where the parser gave up; the place where the list
-    // started (libyaml's context) stays in the message.
+    // An unclosed flow list: reported where the parser gave up.
     assert_eq!(
         errors("deployments:\n  blue:\n    instances: [127.0.0.1:9001\n"),
         vec![d(
             4,
             1,
-            "did not find expected ',' or ']', while parsing a flow sequence at line 3 column 16"
+            "while parsing a flow sequence, expected ',' or ']'"
         )]
     );
+    // An unclosed quoted scalar: reported where it starts.
     assert_eq!(
         errors("name: \"abc\n"),
         vec![d(
-            2,
             1,
-            "found unexpected end of stream, while scanning a quoted scalar at line 1 column 7"
+            7,
+            "while scanning a quoted scalar, found unexpected end of stream"
         )]
+    );
+    // A syntax error leaves no tree: it is the only error reported, even after others.
+    assert_eq!(
+        errors("zzz: 1\ntraffic:\n  blue: 101\nname: a: b\n"),
+        vec![d(4, 8, "mapping values are not allowed in this context")]
     );
 }
 
@@ -1745,4 +1751,337 @@ fn dns_refresh_defaults_to_five_seconds_and_has_a_floor() {
         errors(&src),
         vec![d(1, 1, "dns_refresh_ms must be at least 100")]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One pass: structural errors (unknown, repeated, mistyped keys) no longer hide the others.
+
+#[test]
+fn an_unknown_key_a_bad_instance_and_a_wrong_sum_are_all_reported_in_file_order() {
+    let src = "name: x
+listn: 127.0.0.1:8081
+traffic:
+  blue: 90
+  green: 20
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+  green:
+    instances: [nohost]
+";
+    assert_eq!(
+        errors(src),
+        vec![
+            d(
+                2,
+                1,
+                "unknown key `listn` in the endpoint file (did you mean `listen`?)"
+            ),
+            d(
+                3,
+                1,
+                "traffic weights sum to 110 (blue=90 + green=20); they must sum to exactly 100, \
+                 or all be 0"
+            ),
+            d(
+                10,
+                17,
+                "instance `nohost`: expected host:port, like 127.0.0.1:9001"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn unknown_repeated_and_mistyped_keys_of_deployments_are_all_reported() {
+    let src = "traffic:
+  blue: 50
+  green: 50
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+    replicas: 3
+    instances: [127.0.0.1:9002]
+  green:
+    instances: 5
+    request:
+      request_timeout_ms: \"100\"
+      max_concurrent_requests_per_instance: -1
+      max_queue_wait_ms: 5000000000000000000000
+";
+    assert_eq!(
+        errors(src),
+        vec![
+            d(
+                7,
+                5,
+                "deployments.blue: unknown key `replicas` in a deployment; expected one of: \
+                 instances, request, request_settings"
+            ),
+            d(
+                8,
+                5,
+                "deployments.blue: duplicate key `instances` in a deployment"
+            ),
+            d(
+                10,
+                16,
+                "deployments.green.instances: invalid type: integer `5`, expected a list of \
+                 instances, like [127.0.0.1:9001, 127.0.0.1:9002]"
+            ),
+            d(
+                12,
+                27,
+                "deployments.green.request.request_timeout_ms: invalid type: string \"100\", \
+                 expected u64"
+            ),
+            d(
+                13,
+                45,
+                "deployments.green.request.max_concurrent_requests_per_instance: invalid type: \
+                 integer `-1`, expected u32"
+            ),
+            d(
+                14,
+                26,
+                "deployments.green.request.max_queue_wait_ms: invalid value: integer \
+                 `5000000000000000000000`, expected u64"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_reported_once_and_not_as_missing() {
+    let src = "name:
+listen: [127.0.0.1:8080]
+pin_header: {a: b}
+max_request_body_bytes: 1.5
+traffic: [blue]
+mirror_traffic: {green: [10]}
+deployments: 5
+";
+    // An empty value is at the end of its key.
+    assert_eq!(
+        errors(src),
+        vec![
+            d(
+                1,
+                5,
+                "name: invalid type: unit value, expected a plain value (text or number)"
+            ),
+            d(
+                2,
+                9,
+                "listen: invalid type: sequence, expected a plain value (text or number)"
+            ),
+            d(3, 13, "pin_header: invalid type: map, expected a string"),
+            d(
+                4,
+                25,
+                "max_request_body_bytes: invalid type: floating point `1.5`, expected u64"
+            ),
+            d(
+                5,
+                10,
+                "traffic: invalid type: sequence, expected a map of deployment name to weight, \
+                 like `blue: 90`"
+            ),
+            d(
+                6,
+                25,
+                "mirror_traffic.green: invalid type: sequence, expected an integer mirror \
+                 percentage from 0 to 50"
+            ),
+            d(
+                7,
+                14,
+                "deployments: invalid type: integer `5`, expected a map of deployment name to \
+                 its settings"
+            ),
+        ]
+    );
+    // A deployment whose settings are not a map: no "has no instances" on top.
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue: [127.0.0.1:9001]\n";
+    assert_eq!(
+        errors(src),
+        vec![d(
+            4,
+            9,
+            "deployments.blue: invalid type: sequence, expected a deployment: a mapping with \
+             `instances:`"
+        )]
+    );
+    // An instance that is not a plain value, beside a bad one: both reported.
+    let src = "traffic:\n  blue: 100\ndeployments:\n  blue:\n    instances: [[a], ~, nohost]\n";
+    assert_eq!(
+        errors(src),
+        vec![
+            d(
+                5,
+                17,
+                "deployments.blue.instances[0]: invalid type: sequence, expected a plain value \
+                 (text or number)"
+            ),
+            d(
+                5,
+                22,
+                "deployments.blue.instances[1]: invalid type: unit value, expected a plain value \
+                 (text or number)"
+            ),
+            d(
+                5,
+                25,
+                "instance `nohost`: expected host:port, like 127.0.0.1:9001"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_repeated_key_does_not_hide_the_errors_after_it() {
+    let src = format!(
+        "name: a\nname: b\nauth_mode: weird\ntraffic:\n  blue: 100\n  blue: 0\n  red: 0\n{BLUE_GREEN}"
+    );
+    assert_eq!(
+        errors(&src),
+        vec![
+            d(2, 1, "duplicate key `name` in the endpoint file"),
+            d(3, 1, "auth_mode `weird` is not known: use `none` or `key`"),
+            d(
+                6,
+                3,
+                "traffic: deployment `blue` appears twice in `traffic`"
+            ),
+            d(
+                7,
+                3,
+                "`traffic` names `red`, which is not a deployment (deployments: blue, green)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn anchors_are_read_and_aliases_are_refused() {
+    let src = format!("name: &n x\n{BLUE}");
+    assert_eq!(clean(&src).name.as_deref(), Some("x"));
+    let src = "traffic: &t\n  blue: 100\nmirror_traffic: *t\nname: &n x\nsticky_header: *n\n";
+    let alias = "aliases (`*name`) are not supported in an endpoint file: write the value out";
+    assert_eq!(errors(src), vec![d(3, 17, alias), d(5, 16, alias)]);
+    // An alias of no anchor is a syntax error.
+    assert_eq!(
+        errors("name: *n\n"),
+        vec![d(1, 7, "while parsing node, found unknown anchor")]
+    );
+}
+
+#[test]
+fn tags_and_second_documents_are_refused() {
+    assert_eq!(
+        errors(&format!("name: !custom x\n{BLUE}")),
+        vec![d(
+            1,
+            7,
+            "the tag `!custom` is not supported in an endpoint file: remove it"
+        )]
+    );
+    // Core tags are understood: `!!str` makes a string of a number.
+    let src = format!("traffic:\n  blue: !!str 100\n{BLUE_GREEN}");
+    assert_eq!(
+        errors(&src),
+        vec![d(
+            2,
+            9,
+            "traffic.blue: weight \"100\" is a string: write weights as plain integers (90, not \"90\")"
+        )]
+    );
+    assert_eq!(
+        errors(&format!("{BLUE}---\nname: x\n")),
+        vec![d(
+            6,
+            1,
+            "a second YAML document (`---`): an endpoint file holds one"
+        )]
+    );
+    // One document, introduced by `---` and closed by `...`, is fine.
+    clean(&format!("---\n{BLUE}...\n"));
+}
+
+#[test]
+fn odd_files_are_refused_without_a_panic() {
+    let deep_flow = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let deep_block: String = (0..200)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    let odd: Vec<String> = [
+        "\t",
+        "\tname: x\n",
+        "name:\tx\n",
+        "traffic:\n  blue:\t100\n",
+        "- a\n- b\n",
+        "42\n",
+        "~\n",
+        "---\n",
+        "...\n",
+        "---\n...\n---\n",
+        "{\n",
+        "}\n",
+        "]\n",
+        "[a, b\n",
+        "&a\n",
+        "*a\n",
+        "&a [*a]\n",
+        "!!\n",
+        "!<tag:x> a\n",
+        "%YAML 1.2\n---\na: 1\n",
+        "%FOO bar\n---\n",
+        "? [a, b]\n: c\n",
+        "? {a: b}\n",
+        "[a]: b\n",
+        "null: x\ntrue: y\n1: z\n1.5: w\n",
+        "deployments:\n  ~:\n  [a]: b\n  1: {instances: [1]}\n",
+        "traffic:\n  ~: 1\n  blue: 99999999999999999999999999999999999999999\n  green: -99999999999999999999\n",
+        "traffic: {blue: .inf, green: .nan, red: -.inf}\n",
+        "a: |\n  literal\n\t\nb: >\n folded\n",
+        "\"\\x00\\u0000\": \"\\uD800\"\n",
+        "a: \u{0}\n",
+        "a: \u{feff}b\n",
+        "\u{feff}\u{feff}a: 1\n",
+        "é: ü\n«»: —\n",
+        "a:\n- b\n-\n- - c\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([deep_flow, deep_block, "a: ".repeat(1000), "x".repeat(100_000)])
+    .collect();
+    for src in &odd {
+        let result = std::panic::catch_unwind(|| {
+            let parsed = parse(src).map(|_| ());
+            let rewritten =
+                rewrite_traffic(src, Path::new("t.yaml"), &[("blue".into(), 100)]).map(|_| ());
+            (parsed, rewritten.is_ok())
+        });
+        let Ok((parsed, _)) = result else {
+            panic!("panicked on {src:?}");
+        };
+        if let Err(e) = parsed {
+            assert!(!e.errors.is_empty(), "{src:?}");
+            for d in &e.errors {
+                assert!(d.line >= 1 && d.column >= 1, "{src:?}: {d:?}");
+            }
+        }
+    }
+    assert_eq!(
+        errors(&format!("{}{}", "[".repeat(100), "]".repeat(100))),
+        vec![d(1, 65, "maps and lists nested deeper than 64 levels")]
+    );
+}
+
+#[test]
+fn traffic_summary_is_in_table_order() {
+    let src = format!(
+        "traffic:\n  green: 30\n  blue: 70\n{BLUE_GREEN}  red:\n    instances: [127.0.0.1:9201]\n"
+    );
+    assert_eq!(clean(&src).traffic_summary(), "green=30 blue=70 red=0");
 }

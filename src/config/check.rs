@@ -1,0 +1,573 @@
+//! The rules of an endpoint file, checked on its raw shape: [`compile`] runs independent
+//! `check_*` functions, each returning what it found, and assembles the [`EndpointConfig`] when
+//! none found an error. A setting whose value had the wrong type (already reported by `raw`) is
+//! skipped by the checks, never reported a second time.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::raw::{Percent, RawDeployment, RawFile, Setting};
+use super::yaml::Pos;
+use super::*;
+use crate::addr::InstanceAddr;
+
+/// A check's result and the errors it found.
+type Checked<T> = (T, Vec<Diagnostic>);
+
+/// What the checks found besides the configuration.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Findings {
+    fn take<T>(&mut self, (value, errors): Checked<T>) -> T {
+        self.errors.extend(errors);
+        value
+    }
+}
+
+fn at(pos: Pos, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        line: pos.line,
+        column: pos.column,
+        message: message.into(),
+    }
+}
+
+/// The key of a setting, or the start of the file when it is absent.
+fn key_or_start<T>(s: Option<&Setting<T>>) -> Pos {
+    s.map_or(Pos::START, |s| s.key)
+}
+
+/// Checks every rule; the configuration is `Some` only when no error was found. `file` is the
+/// endpoint file (`keys_file` is relative to it).
+pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Findings) {
+    let mut f = Findings::default();
+    let listen = f.take(check_listen(raw));
+    let headers = f.take(check_headers(raw));
+    let (auth, warning) = f.take(check_auth(raw, file));
+    f.warnings.extend(warning);
+    let limits = f.take(check_limits(raw));
+    let mut deployments = f.take(check_deployments(raw));
+    f.warnings.extend(check_ignored(raw));
+    let (order, warning) = f.take(check_traffic(raw, &mut deployments));
+    f.warnings.extend(warning);
+    let mirror = f.take(check_mirror(raw, &deployments));
+
+    let (Some((listen, admin_listen)), Some((pin_header, sticky_header)), Some(limits)) =
+        (listen, headers, limits)
+    else {
+        return (None, f);
+    };
+    if !f.errors.is_empty() {
+        return (None, f);
+    }
+    // Deployments in `traffic:` order first (sticky hashing depends on it), then the rest.
+    let mut ordered: Vec<DeploymentConfig> =
+        order.iter().map(|&i| deployments[i].clone()).collect();
+    for (i, d) in deployments.into_iter().enumerate() {
+        if !order.contains(&i) {
+            ordered.push(d);
+        }
+    }
+    let config = EndpointConfig {
+        name: raw.name.as_ref().and_then(|s| s.value.clone()),
+        listen,
+        admin_listen,
+        pin_header,
+        sticky_header,
+        deployments: ordered,
+        mirror,
+        auth,
+        max_request_body_bytes: limits.max_request_body_bytes,
+        client_header_timeout: limits.client_header_timeout,
+        dns_refresh: limits.dns_refresh,
+    };
+    (Some(config), f)
+}
+
+/// `listen` and `admin_listen`: socket addresses that can both be bound.
+fn check_listen(raw: &RawFile) -> Checked<Option<(SocketAddr, SocketAddr)>> {
+    let mut errors = Vec::new();
+    let mut socket_addr = |key: &str, s: Option<&Setting<String>>, default: &str| {
+        let (v, pos) = match s {
+            None => (default, Pos::START),
+            Some(s) => (s.value.as_deref()?, s.key),
+        };
+        let parsed = v.parse::<SocketAddr>();
+        if parsed.is_err() {
+            let message =
+                format!("{key} `{v}` is not an address: write IP:PORT, like 127.0.0.1:8080");
+            errors.push(at(pos, message));
+        }
+        parsed.ok()
+    };
+    let listen = socket_addr("listen", raw.listen.as_ref(), DEFAULT_LISTEN);
+    let admin = socket_addr(
+        "admin_listen",
+        raw.admin_listen.as_ref(),
+        DEFAULT_ADMIN_LISTEN,
+    );
+    let (Some(a), Some(b)) = (listen, admin) else {
+        return (None, errors);
+    };
+    // The same port on the same IP, or on any IP when one of them is the unspecified address,
+    // cannot be bound twice.
+    if a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    {
+        let pos = key_or_start(raw.admin_listen.as_ref().or(raw.listen.as_ref()));
+        let message =
+            format!("admin_listen {b} and listen {a} cannot both be bound: use another port");
+        errors.push(at(pos, message));
+        return (None, errors);
+    }
+    (Some((a, b)), errors)
+}
+
+/// `pin_header` and `sticky_header`: valid header names, not the same one.
+fn check_headers(raw: &RawFile) -> Checked<Option<(HeaderName, Option<HeaderName>)>> {
+    let mut errors = Vec::new();
+    let mut header = |key: &str, s: &Setting<String>| {
+        let h = s.value.as_deref()?;
+        let name = HeaderName::from_bytes(h.as_bytes()).ok();
+        if name.is_none() {
+            errors.push(at(
+                s.key,
+                format!("{key} `{h}` is not a valid HTTP header name"),
+            ));
+        }
+        name
+    };
+    let pin = match &raw.pin_header {
+        None => Some(HeaderName::from_static(DEFAULT_PIN_HEADER)),
+        Some(s) => header("pin_header", s),
+    };
+    let sticky = match &raw.sticky_header {
+        None => Some(None),
+        Some(s) => header("sticky_header", s).map(Some),
+    };
+    if let (Some(s), Some(Some(name))) = (&raw.sticky_header, &sticky)
+        && Some(name) == pin.as_ref()
+    {
+        let h = s.value.as_deref().unwrap_or_default();
+        errors.push(at(
+            s.key,
+            format!("sticky_header `{h}` is the pin header: use another header"),
+        ));
+        return (None, errors);
+    }
+    (pin.zip(sticky), errors)
+}
+
+/// `auth_mode` and `keys_file`; returns the warnings apart.
+fn check_auth(raw: &RawFile, file: &Path) -> Checked<(Auth, Vec<Diagnostic>)> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mode_at = key_or_start(raw.auth_mode.as_ref());
+    let mode = match &raw.auth_mode {
+        None => "none",
+        Some(s) => match s.value.as_deref() {
+            Some(m) => m,
+            None => return ((Auth::None, warnings), errors),
+        },
+    };
+    let auth = match mode {
+        "none" | "aml_token" => {
+            if mode == "aml_token" {
+                warnings.push(at(
+                    mode_at,
+                    "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: this endpoint is \
+                     OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, or \
+                     `none` to silence this warning)",
+                ));
+            }
+            if let Some(k) = &raw.keys_file {
+                errors.push(at(k.key, "`keys_file` is only used with `auth_mode: key`"));
+            }
+            Auth::None
+        }
+        "key" => match &raw.keys_file {
+            None => {
+                let message = "auth_mode `key` needs `keys_file`: a file with one key per line";
+                errors.push(at(mode_at, message));
+                Auth::None
+            }
+            Some(Setting { value: None, .. }) => Auth::None,
+            Some(Setting {
+                key,
+                value: Some(name),
+                ..
+            }) => match read_keys(file, name) {
+                Ok(keys) => Auth::Key(keys),
+                Err(message) => {
+                    errors.push(at(*key, message));
+                    Auth::None
+                }
+            },
+        },
+        other => {
+            errors.push(at(
+                mode_at,
+                format!("auth_mode `{other}` is not known: use `none` or `key`"),
+            ));
+            Auth::None
+        }
+    };
+    ((auth, warnings), errors)
+}
+
+/// The keys file `name`, relative to the endpoint file `file`: one key per line.
+fn read_keys(file: &Path, name: &str) -> Result<Keys, String> {
+    let path = file.parent().unwrap_or(Path::new("")).join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("keys_file `{}` cannot be read: {e}", path.display()))?;
+    let digests = parse_keys(&text);
+    if digests.is_empty() {
+        return Err(format!(
+            "keys_file `{}` holds no key (one key per line; `#` starts a comment)",
+            path.display()
+        ));
+    }
+    Ok(Keys {
+        file: path,
+        digests,
+        file_sha256: sha256(text.as_bytes()),
+    })
+}
+
+struct Limits {
+    max_request_body_bytes: u64,
+    client_header_timeout: Duration,
+    dns_refresh: Duration,
+}
+
+/// `max_request_body_bytes`, `client_header_timeout_ms`, `dns_refresh_ms`: their floors.
+fn check_limits(raw: &RawFile) -> Checked<Option<Limits>> {
+    let mut errors = Vec::new();
+    let mut number = |key: &str, s: Option<&Setting<u64>>, default: u64, floor: u64| match s {
+        None => Some(default),
+        Some(s) => {
+            let n = s.value?;
+            if n < floor {
+                errors.push(at(s.key, format!("{key} must be at least {floor}")));
+                return None;
+            }
+            Some(n)
+        }
+    };
+    let body = number(
+        "max_request_body_bytes",
+        raw.max_request_body_bytes.as_ref(),
+        DEFAULT_MAX_REQUEST_BODY_BYTES,
+        1,
+    );
+    let header = number(
+        "client_header_timeout_ms",
+        raw.client_header_timeout_ms.as_ref(),
+        DEFAULT_CLIENT_HEADER_TIMEOUT_MS,
+        1,
+    );
+    let dns = number(
+        "dns_refresh_ms",
+        raw.dns_refresh_ms.as_ref(),
+        DEFAULT_DNS_REFRESH_MS,
+        100,
+    );
+    let limits = match (body, header, dns) {
+        (Some(body), Some(header), Some(dns)) => Some(Limits {
+            max_request_body_bytes: body,
+            client_header_timeout: Duration::from_millis(header),
+            dns_refresh: Duration::from_millis(dns),
+        }),
+        _ => None,
+    };
+    (limits, errors)
+}
+
+/// `deployments`: at least one, each with a valid name, instances and request settings.
+/// Weights are 0 here (see [`check_traffic`]).
+fn check_deployments(raw: &RawFile) -> Checked<Vec<DeploymentConfig>> {
+    let mut errors = Vec::new();
+    let list = match &raw.deployments {
+        None => {
+            // An unknown key that suggested `deployments` already says it.
+            if !raw.suggested.contains(&"deployments") {
+                let message =
+                    "`deployments` is missing: name at least one deployment with its `instances`";
+                errors.push(at(Pos::START, message));
+            }
+            return (Vec::new(), errors);
+        }
+        Some(Setting { value: None, .. }) => return (Vec::new(), errors),
+        Some(Setting {
+            key,
+            value: Some(list),
+            ..
+        }) => {
+            if list.is_empty() {
+                let message =
+                    "`deployments` is empty: name at least one deployment with its `instances`";
+                errors.push(at(*key, message));
+            }
+            list
+        }
+    };
+    let deployments = list
+        .iter()
+        .map(|d| {
+            let (instances, e) = check_instances(d);
+            errors.extend(e);
+            let (request, e) = check_request(d);
+            errors.extend(e);
+            DeploymentConfig {
+                name: d.name.clone(),
+                weight: 0,
+                instances,
+                request,
+            }
+        })
+        .collect();
+    (deployments, errors)
+}
+
+/// A deployment's name and its instances: `host:port` or `[v6]:port`, each once.
+fn check_instances(d: &RawDeployment) -> Checked<Vec<InstanceAddr>> {
+    let mut errors = Vec::new();
+    let name = &d.name;
+    let ok_len = (3..=32).contains(&name.len());
+    let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !(ok_len && ok_start && ok_chars) {
+        let message = format!(
+            "deployment name `{name}` is invalid: use 3 to 32 characters, lowercase letters, \
+             digits and `-`, starting with a letter"
+        );
+        errors.push(at(d.key, message));
+    }
+    let mut instances: Vec<InstanceAddr> = Vec::new();
+    match &d.instances {
+        None if d.readable && !d.suggested.contains(&"instances") => {
+            let message = format!(
+                "deployment `{name}` has no `instances`: list its scoring servers as host:port"
+            );
+            errors.push(at(d.key, message));
+        }
+        None | Some(Setting { value: None, .. }) => {}
+        Some(Setting {
+            key,
+            value: Some(items),
+            ..
+        }) => {
+            if items.is_empty() {
+                let message = format!("deployment `{name}` has an empty `instances` list");
+                errors.push(at(*key, message));
+            }
+            for item in items {
+                let Some(inst) = item.text.as_deref() else {
+                    continue;
+                };
+                match InstanceAddr::parse(inst) {
+                    Err(why) => errors.push(at(item.at, format!("instance `{inst}`: {why}"))),
+                    Ok(_) if instances.iter().any(|i| i.as_str() == inst) => {
+                        let message =
+                            format!("instance `{inst}` is listed twice in deployment `{name}`");
+                        errors.push(at(item.at, message));
+                    }
+                    Ok(addr) => instances.push(addr),
+                }
+            }
+        }
+    }
+    (instances, errors)
+}
+
+/// `request:` (or `request_settings:`): a timeout of at least 1 ms.
+fn check_request(d: &RawDeployment) -> Checked<RequestSettings> {
+    let mut errors = Vec::new();
+    let mut s = RequestSettings::default();
+    let Some((_, Setting { value: Some(r), .. })) = &d.request else {
+        return (s, errors);
+    };
+    if let Some(Setting {
+        key,
+        value: Some(ms),
+        ..
+    }) = &r.request_timeout_ms
+    {
+        if *ms == 0 {
+            errors.push(at(*key, "request_timeout_ms must be at least 1"));
+        }
+        s.request_timeout = Duration::from_millis(*ms);
+    }
+    if let Some(n) = r
+        .max_concurrent_requests_per_instance
+        .as_ref()
+        .and_then(|s| s.value)
+    {
+        s.max_concurrent_per_instance = n;
+    }
+    if let Some(ms) = r.max_queue_wait_ms.as_ref().and_then(|s| s.value) {
+        s.max_queue_wait = Duration::from_millis(ms);
+    }
+    (s, errors)
+}
+
+/// One warning per Azure ML key name, at its first occurrence in the file.
+fn check_ignored(raw: &RawFile) -> Vec<Diagnostic> {
+    let mut located = raw.ignored.clone();
+    located.sort_by_key(|(_, p)| (p.line, p.column));
+    let mut warned = BTreeSet::new();
+    located
+        .into_iter()
+        .filter(|(key, _)| warned.insert(*key))
+        .map(|(key, p)| {
+            at(
+                p,
+                format!("`{key}` is an Azure ML setting that scoregate ignores"),
+            )
+        })
+        .collect()
+}
+
+/// `traffic:`: weights 0–100 of deployments, summing to 100 or all 0. Sets the weights of
+/// `deployments` and returns their `traffic:` order, and the all-0 warning apart.
+fn check_traffic(
+    raw: &RawFile,
+    deployments: &mut [DeploymentConfig],
+) -> Checked<(Vec<usize>, Vec<Diagnostic>)> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut order = Vec::new();
+    let (entries, complete): (&[Percent], bool) = match &raw.traffic {
+        None => (&[], true),
+        Some(Setting { value: None, .. }) => (&[], false),
+        Some(Setting { value: Some(p), .. }) => (&p.entries, p.complete),
+    };
+    let mut sum: i64 = 0;
+    let mut in_range = true;
+    for e in entries {
+        let name = &e.name;
+        match e.value {
+            Some(w) if !(0..=100).contains(&w) => {
+                let message =
+                    format!("weight {w} of `{name}` is out of range: weights are 0 to 100");
+                errors.push(at(e.key, message));
+                in_range = false;
+            }
+            Some(w) => sum += w,
+            None => {}
+        }
+        match deployments.iter().position(|d| &d.name == name) {
+            Some(i) => {
+                let w = e.value.unwrap_or(0).clamp(0, 100);
+                deployments[i].weight = u8::try_from(w).unwrap_or(0);
+                order.push(i);
+            }
+            None if has_deployments(raw) => {
+                let message = format!(
+                    "`traffic` names `{name}`, which is not a deployment (deployments: {})",
+                    names(deployments)
+                );
+                errors.push(at(e.key, message));
+            }
+            None => {}
+        }
+    }
+    let traffic_at = key_or_start(raw.traffic.as_ref());
+    if complete && in_range && sum != 100 && sum != 0 {
+        let detail: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value.unwrap_or(0)))
+            .collect();
+        let message = format!(
+            "traffic weights sum to {sum} ({}); they must sum to exactly 100, or all be 0",
+            detail.join(" + ")
+        );
+        errors.push(at(traffic_at, message));
+    }
+    if sum == 0 {
+        let message =
+            "no deployment takes traffic: unpinned requests get 503, pinned ones are served";
+        warnings.push(at(traffic_at, message));
+    }
+    ((order, warnings), errors)
+}
+
+fn has_deployments(raw: &RawFile) -> bool {
+    raw.deployments.as_ref().is_some_and(|s| s.value.is_some())
+}
+
+fn names(deployments: &[DeploymentConfig]) -> String {
+    let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// `mirror_traffic`: at most one deployment, 0–50 percent, taking no live traffic. Runs after
+/// [`check_traffic`] (it reads the live weights).
+fn check_mirror(raw: &RawFile, deployments: &[DeploymentConfig]) -> Checked<Option<MirrorConfig>> {
+    let mut errors = Vec::new();
+    let Some(Setting {
+        key,
+        value: Some(p),
+        ..
+    }) = &raw.mirror_traffic
+    else {
+        return (None, errors);
+    };
+    if p.entries.len() > 1 {
+        let message = "mirror_traffic names more than one deployment: mirror to one at a time";
+        errors.push(at(*key, message));
+        return (None, errors);
+    }
+    let Some(e) = p.entries.first() else {
+        return (None, errors);
+    };
+    let name = &e.name;
+    let mut ok = true;
+    if let Some(pct) = e.value
+        && !(0..=50).contains(&pct)
+    {
+        let message = format!("mirror percentage {pct} of `{name}` is out of range: 0 to 50");
+        errors.push(at(e.key, message));
+        ok = false;
+    }
+    match deployments.iter().find(|d| &d.name == name) {
+        Some(d) if d.weight > 0 => {
+            let message = format!(
+                "`{name}` takes {}% of live traffic: a mirror must be a deployment at 0% live weight",
+                d.weight
+            );
+            errors.push(at(e.key, message));
+            ok = false;
+        }
+        Some(_) => {}
+        None => {
+            if has_deployments(raw) {
+                let message = format!(
+                    "`mirror_traffic` names `{name}`, which is not a deployment (deployments: {})",
+                    names(deployments)
+                );
+                errors.push(at(e.key, message));
+            }
+            ok = false;
+        }
+    }
+    let mirror = match (ok, e.value) {
+        (true, Some(pct)) if pct > 0 => u8::try_from(pct).ok().map(|percent| MirrorConfig {
+            deployment: name.clone(),
+            percent,
+        }),
+        _ => None,
+    };
+    (mirror, errors)
+}

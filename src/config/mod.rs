@@ -1,0 +1,316 @@
+//! Layer 1 (the endpoint file): YAML text → validated [`EndpointConfig`], every error of the file
+//! reported in one pass, each at its line and column. First step of the data path (file →
+//! `config` → `routing::Table` → `proxy`).
+//!
+//! The YAML is read with saphyr-parser, a maintained YAML 1.2 event parser, rather than
+//! serde_yaml, which is deprecated upstream and stopped at the first structural error. Its
+//! events give the position of every node, so the file becomes a positioned tree first (`yaml`),
+//! then a raw shape where every setting keeps its position and every unknown key, repeated key or
+//! wrong type is collected instead of stopping the read (`raw`), then the rules are checked
+//! (`check`). Only what leaves no tree stops the read: a YAML syntax error, an alias, a tag, a
+//! second document, nesting deeper than 64 levels. All YAML parsing of the crate lives here.
+//!
+//! - `yaml`: the positioned tree (saphyr-parser's events; core-schema scalars).
+//! - `raw`: the tree read into the file's shape; structural errors.
+//! - `check`: `compile()` and its independent `check_*` rules; semantic errors, warnings.
+//! - `rewrite`: `scoregate traffic`'s in-place edit of the `traffic:` map.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::addr::InstanceAddr;
+
+mod check;
+mod raw;
+mod rewrite;
+mod yaml;
+
+pub use rewrite::{RewriteError, rewrite_traffic};
+
+/// Default data-plane address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default pin header.
+pub const DEFAULT_PIN_HEADER: &str = "x-api-version";
+/// Default request timeout (ms).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
+/// Default wait for a free instance (ms).
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
+/// Default time a client has to send its request headers (ms).
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 60_000;
+/// Default interval between DNS lookups of instances written as host names (ms).
+pub const DEFAULT_DNS_REFRESH_MS: u64 = 5_000;
+/// Default request body limit: 16 MiB (exactly 16 MiB is allowed).
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Keys of Azure ML endpoint and deployment files that mean nothing to scoregate: accepted,
+/// ignored, one warning per key name.
+pub(crate) const AZURE_IGNORED_KEYS: &[&str] = &[
+    "$schema",
+    "type",
+    "description",
+    "tags",
+    "model",
+    "code_reference",
+    "code_configuration",
+    "environment",
+    "environment_variables",
+    "sku",
+    "instance_type",
+    "scale",
+    "scale_settings",
+    "liveness_probe",
+    "readiness_probe",
+    "app_insights_enabled",
+];
+
+/// One finding in a file: an error or a warning, with its 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Why a file was refused: every error found, each with its location.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                e.line,
+                e.column,
+                e.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-deployment request settings (`request:` or its synonym `request_settings:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// Time the instance has to answer with its headers. Default 5000 ms.
+    pub request_timeout: Duration,
+    /// Requests one instance may hold at once; 0 (the default) means unlimited.
+    pub max_concurrent_per_instance: u32,
+    /// How long a request may wait for a free instance before 429. Default 500 ms.
+    pub max_queue_wait: Duration,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_concurrent_per_instance: 0,
+            max_queue_wait: Duration::from_millis(DEFAULT_MAX_QUEUE_WAIT_MS),
+        }
+    }
+}
+
+/// One deployment as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentConfig {
+    pub name: String,
+    /// Live weight 0–100 (0 when the deployment is not named in `traffic`).
+    pub weight: u8,
+    /// Instances as written in the file (`host:port`, `[v6]:port`), checked.
+    pub instances: Vec<InstanceAddr>,
+    pub request: RequestSettings,
+}
+
+/// Who may use the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Anyone (the default).
+    None,
+    /// `Authorization: Bearer KEY` with a key from `keys_file`.
+    Key(Keys),
+}
+
+/// The keys of `auth_mode: key`, kept only as SHA-256 digests.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The keys file, resolved against the endpoint file's directory.
+    pub file: PathBuf,
+    pub digests: Vec<[u8; 32]>,
+    /// Digest of the whole keys file, to notice when it changes.
+    pub file_sha256: [u8; 32],
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the keys, not even their digests.
+        f.debug_struct("Keys")
+            .field("file", &self.file)
+            .field("count", &self.digests.len())
+            .finish()
+    }
+}
+
+/// `mirror_traffic`: copies of this share of unpinned requests go to `deployment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorConfig {
+    pub deployment: String,
+    /// 1–50.
+    pub percent: u8,
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The keys of a keys file: one per line, surrounding blanks trimmed, empty lines and lines
+/// starting with `#` skipped; returned as SHA-256 digests.
+pub fn parse_keys(text: &str) -> Vec<[u8; 32]> {
+    text.trim_start_matches('\u{feff}')
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|k| sha256(k.as_bytes()))
+        .collect()
+}
+
+/// A fully validated endpoint file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub name: Option<String>,
+    /// Data plane address. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Admin address. Default 127.0.0.1:9090.
+    pub admin_listen: SocketAddr,
+    /// Header whose value pins a deployment. Default `x-api-version`.
+    pub pin_header: HeaderName,
+    /// Header whose value chooses the deployment by a stable hash. Default none.
+    pub sticky_header: Option<HeaderName>,
+    /// Deployments in the order of the `traffic:` map first, then the others in file order.
+    pub deployments: Vec<DeploymentConfig>,
+    /// Mirror of unpinned requests. Default none.
+    pub mirror: Option<MirrorConfig>,
+    /// Default none.
+    pub auth: Auth,
+    /// Largest request body accepted. Default 16 MiB.
+    pub max_request_body_bytes: u64,
+    /// Time a client has to send its request headers, and longest idle keep-alive wait.
+    /// Default 60 s (nginx's client_header_timeout). Read at start.
+    pub client_header_timeout: Duration,
+    /// How often instances written as host names are resolved again. Default 5 s.
+    pub dns_refresh: Duration,
+}
+
+impl EndpointConfig {
+    /// Sum of live weights: 100, or 0 when no deployment takes unpinned traffic.
+    pub fn total_weight(&self) -> u32 {
+        self.deployments.iter().map(|d| u32::from(d.weight)).sum()
+    }
+
+    /// The live weights in table order, like `blue=90 green=10`.
+    pub fn traffic_summary(&self) -> String {
+        let weights: Vec<String> = self
+            .deployments
+            .iter()
+            .map(|d| format!("{}={}", d.name, d.weight))
+            .collect();
+        weights.join(" ")
+    }
+}
+
+/// A valid file and the warnings found in it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: EndpointConfig,
+    pub warnings: Vec<Diagnostic>,
+    /// The exact bytes that were parsed (for `/config`'s hash).
+    pub source: String,
+    /// What identifies this configuration: the file and, with `auth_mode: key`, the keys file.
+    pub fingerprint: String,
+}
+
+/// Reads and validates `path`.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse_str(&src, path),
+        Err(e) => Err(ConfigError {
+            path: path.to_path_buf(),
+            errors: vec![Diagnostic {
+                line: 1,
+                column: 1,
+                message: format!("cannot read the file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Validates `src`, reporting locations against `path`.
+/// Validates `src`, reporting locations against `path`.
+pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let fail = |errors| ConfigError {
+        path: path.to_path_buf(),
+        errors,
+    };
+    // A byte-order mark is not content (editors on Windows write one).
+    let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    if src.trim().is_empty() {
+        return Err(fail(vec![Diagnostic {
+            line: 1,
+            column: 1,
+            message: "the file is empty".into(),
+        }]));
+    }
+    let tree = yaml::parse(src).map_err(fail)?;
+    let (raw, mut errors) = raw::read(tree.as_ref());
+    let (config, mut found) = match &raw {
+        Some(raw) => check::compile(raw, path),
+        None => (None, check::Findings::default()),
+    };
+    // Structural errors first, so that they come first among those at one position.
+    errors.append(&mut found.errors);
+    if let Some(config) = config
+        && errors.is_empty()
+    {
+        let mut warnings = found.warnings;
+        warnings.sort_by_key(|d| (d.line, d.column));
+        let mut fingerprint = src.to_string();
+        if let Auth::Key(k) = &config.auth {
+            fingerprint.push_str("\n#keys ");
+            fingerprint.extend(k.file_sha256.iter().map(|b| format!("{b:02x}")));
+        }
+        return Ok(Loaded {
+            config,
+            warnings,
+            source: src.to_string(),
+            fingerprint,
+        });
+    }
+    if errors.is_empty() {
+        // Not reached: a value left unread always comes with its error.
+        errors.push(Diagnostic {
+            line: 1,
+            column: 1,
+            message: "the file could not be read".into(),
+        });
+    }
+    errors.sort_by_key(|d| (d.line, d.column));
+    Err(fail(errors))
+}
+
+#[cfg(test)]
+mod tests;
