@@ -71,57 +71,194 @@ fn module_of(path: &Path, src: &Path) -> Option<String> {
     (!matches!(name, "lib" | "main")).then(|| name.to_string())
 }
 
-/// Every `crate::name` reference in `text` outside comments: (line, name). Grouped imports
-/// (`use crate::{a, b::c}`) count each name.
-fn crate_refs(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    // Joined so that a grouped import spanning lines is read whole; comments are removed.
-    let mut code = String::new();
-    let mut line_of = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let code_part = match line.find("//") {
-            Some(i) => &line[..i],
-            None => line,
-        };
-        for _ in 0..=code_part.len() {
-            line_of.push(n + 1);
+/// `text` with comments and the contents of string and character literals blanked out (new
+/// lines kept, so positions and line numbers stay), so that only code is searched.
+fn code_only(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    out.push_str("  ");
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    out.push_str("  ");
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    out.push(blank(chars[i]));
+                    i += 1;
+                }
+            }
+        } else if c == 'r' && (next == Some('"') || next == Some('#')) && !ident_before(&chars, i) {
+            // A raw string: r"..." or r#"..."#.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            for _ in i..=j {
+                out.push(' ');
+            }
+            i = j + 1;
+            while i < chars.len() {
+                let closes =
+                    chars[i] == '"' && (0..hashes).all(|h| chars.get(i + 1 + h) == Some(&'#'));
+                if closes {
+                    for _ in 0..=hashes {
+                        out.push(' ');
+                    }
+                    i += 1 + hashes;
+                    break;
+                }
+                out.push(blank(chars[i]));
+                i += 1;
+            }
+        } else if c == '"' {
+            out.push(' ');
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    out.push(' ');
+                    i += 1;
+                }
+                if i < chars.len() {
+                    out.push(blank(chars[i]));
+                    i += 1;
+                }
+            }
+            out.push(' ');
+            i += 1;
+        } else if c == '\'' {
+            // A character literal ('x', '\n', '\u{..}'), not a lifetime ('a).
+            let end = if next == Some('\\') {
+                (i + 2..chars.len().min(i + 12)).find(|&j| chars[j] == '\'')
+            } else {
+                (chars.get(i + 2) == Some(&'\'')).then_some(i + 2)
+            };
+            match end {
+                Some(e) => {
+                    for _ in i..=e {
+                        out.push(' ');
+                    }
+                    i = e + 1;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(c);
+            i += 1;
         }
-        code.push_str(code_part);
-        code.push('\n');
     }
+    out
+}
+
+fn ident_before(chars: &[char], i: usize) -> bool {
+    i > 0 && (chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_')
+}
+
+/// Every reference in `text` to a top-level module of the crate: `crate::name` (also
+/// `$crate::name`), and `super::name` where the `super` chain climbs to the crate root.
+/// `depth` is how deep the file's module sits (`src/x.rs`: 1, `src/x/y.rs`: 2); inline `mod`
+/// blocks add to it. Grouped imports (`use crate::{a, b::c}`) count each name.
+fn crate_refs(text: &str, depth: usize) -> Vec<(usize, String)> {
+    let code = code_only(text);
+    let bytes = code.as_bytes();
+    let line_at = |pos: usize| code[..pos].matches('\n').count() + 1;
     let ident = |s: &str| -> String {
         s.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect()
     };
-    let mut at = 0;
-    while let Some(i) = code[at..].find("crate::") {
-        let start = at + i;
-        at = start + "crate::".len();
-        // `scoregate::crate::` cannot occur; `$crate::` (macros) is not ours.
-        if start > 0 && code[..start].ends_with('$') {
+    // Inline modules: (brace depth at which the module's block opened).
+    let mut modules: Vec<usize> = Vec::new();
+    let mut braces = 0usize;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &code[i..];
+        let word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if bytes[i] == b'{' {
+            braces += 1;
+            i += 1;
             continue;
         }
-        let line = line_of.get(start).copied().unwrap_or(0);
-        let rest = &code[at..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let mut depth = 1;
+        if bytes[i] == b'}' {
+            if modules.last() == Some(&braces) {
+                modules.pop();
+            }
+            braces = braces.saturating_sub(1);
+            i += 1;
+            continue;
+        }
+        if word_start && rest.starts_with("mod ") {
+            let name = ident(rest[4..].trim_start());
+            let after = rest[4..].trim_start()[name.len()..].trim_start();
+            if !name.is_empty() && after.starts_with('{') {
+                modules.push(braces + 1);
+            }
+        }
+        // A path that starts at the crate root: `crate::` or enough `super::`.
+        let root_path = if word_start && rest.starts_with("crate::") {
+            Some("crate::".len())
+        } else if word_start && rest.starts_with("super::") {
+            let mut len = 0;
+            let mut supers = 0;
+            while code[i + len..].starts_with("super::") {
+                len += "super::".len();
+                supers += 1;
+            }
+            (supers >= depth + modules.len()).then_some(len)
+        } else {
+            None
+        };
+        let Some(len) = root_path else {
+            i += 1;
+            continue;
+        };
+        let at = i + len;
+        let after = &code[at..];
+        if let Some(group) = after.strip_prefix('{') {
+            let mut level = 1;
             let mut expect_name = true;
             for (j, c) in group.char_indices() {
                 match c {
-                    '{' => depth += 1,
+                    '{' => level += 1,
                     '}' => {
-                        depth -= 1;
-                        if depth == 0 {
+                        level -= 1;
+                        if level == 0 {
                             break;
                         }
                     }
-                    ',' if depth == 1 => expect_name = true,
-                    c if expect_name && depth == 1 && (c.is_ascii_alphabetic() || c == '_') => {
+                    ',' if level == 1 => expect_name = true,
+                    c if expect_name && level == 1 && (c.is_ascii_alphabetic() || c == '_') => {
                         let name = ident(&group[j..]);
                         if name != "self" {
-                            let name_line = line_of.get(at + 1 + j).copied().unwrap_or(line);
-                            out.push((name_line, name));
+                            out.push((line_at(at + 1 + j), name));
                         }
                         expect_name = false;
                     }
@@ -129,13 +266,21 @@ fn crate_refs(text: &str) -> Vec<(usize, String)> {
                 }
             }
         } else {
-            let name = ident(rest);
+            let name = ident(after);
             if !name.is_empty() {
-                out.push((line, name));
+                out.push((line_at(i), name));
             }
         }
+        i = at;
     }
     out
+}
+
+/// How deep a file's module sits below the crate root.
+fn depth_of(path: &Path) -> usize {
+    let parts: Vec<_> = path.components().skip(1).collect();
+    let last_is_mod = path.file_name().is_some_and(|f| f == "mod.rs");
+    parts.len() - usize::from(last_is_mod)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -159,7 +304,7 @@ fn imports(files: &[(String, String)]) -> Vec<Import> {
         let Some(from) = module_of(Path::new(file), Path::new("src")) else {
             continue;
         };
-        for (line, to) in crate_refs(text) {
+        for (line, to) in crate_refs(text, depth_of(Path::new(file))) {
             if to != from {
                 out.push(Import {
                     file: file.clone(),
@@ -339,5 +484,32 @@ fn an_unknown_module_is_refused() {
     assert_eq!(
         bad,
         ["src/addr.rs:1: `telemetry` is not a module in the layer table of src/lib.rs"]
+    );
+}
+
+#[test]
+fn super_paths_to_the_root_strings_and_macros_are_read_as_code_is() {
+    let bad = check(&[
+        (
+            "src/addr.rs",
+            "fn f() { let url = \"http://x\"; crate::routing::f(); }\n",
+        ),
+        ("src/routing/mod.rs", "use super::proxy::Proxy;\n"),
+        (
+            "src/routing/compile.rs",
+            "use super::Table;\nmod tests {\n    use super::*;\n    use super::super::super::upstream::X;\n}\nmacro_rules! m { () => { $crate::proxy::y() } }\n",
+        ),
+        (
+            "src/upstream/mod.rs",
+            "/* crate::proxy */ const S: &str = \"crate::proxy\";\n",
+        ),
+    ]);
+    assert_eq!(
+        bad,
+        [
+            "src/addr.rs:1: `addr` (layer 0) imports `routing` (layer 3), a layer above it",
+            "src/routing/mod.rs:1: `routing` (layer 3) imports `proxy` (layer 4), a layer above it",
+            "src/routing/compile.rs:6: `routing` (layer 3) imports `proxy` (layer 4), a layer above it",
+        ]
     );
 }

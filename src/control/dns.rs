@@ -21,9 +21,9 @@ pub(super) async fn run(loader: Arc<Loader>, triggers: mpsc::Sender<Trigger>) {
         let metrics = loader.metrics().clone();
         let lookup = tokio::task::spawn_blocking(move || {
             let fresh = names.refresh(&config, &metrics);
-            (config, fresh)
+            (config, names, fresh)
         });
-        let (config, names) = match lookup.await {
+        let (config, before, names) = match lookup.await {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(error = %e, "instance discovery failed; trying again");
@@ -31,7 +31,11 @@ pub(super) async fn run(loader: Arc<Loader>, triggers: mpsc::Sender<Trigger>) {
             }
         };
         if triggers
-            .send(Trigger::Resolved { config, names })
+            .send(Trigger::Resolved {
+                config,
+                before,
+                names,
+            })
             .await
             .is_err()
         {

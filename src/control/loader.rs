@@ -26,9 +26,11 @@ pub(crate) enum Trigger {
     Poll,
     /// SIGHUP: always a counted reload attempt, even when nothing changed.
     Signal,
-    /// The names of the live file `config` were resolved again, to `names`.
+    /// The names of the live file `config`, known as `before`, were resolved again, to
+    /// `names`.
     Resolved {
         config: Arc<EndpointConfig>,
+        before: Names,
         names: Names,
     },
 }
@@ -151,16 +153,21 @@ impl Loader {
     /// Applies a trigger: the one path by which a table goes live. Returns whether one did.
     pub(crate) fn apply(&self, trigger: Trigger) -> bool {
         match trigger {
-            Trigger::Resolved { config, names } => self.apply_addresses(&config, names),
+            Trigger::Resolved {
+                config,
+                before,
+                names,
+            } => self.apply_addresses(&config, &before, names),
             file => self.apply_file(file),
         }
     }
 
     /// New addresses for the live file's names: a table from the same file (same generation).
-    fn apply_addresses(&self, config: &Arc<EndpointConfig>, names: Names) -> bool {
+    fn apply_addresses(&self, config: &Arc<EndpointConfig>, before: &Names, names: Names) -> bool {
         let mut st = self.lock();
-        if !Arc::ptr_eq(&st.config, config) {
-            // The file changed since the lookups started: its own lookups stand.
+        if !Arc::ptr_eq(&st.config, config) || !st.names.same_addresses(before) {
+            // The file or its addresses changed since the lookups started: what was applied
+            // meanwhile stands, and the next refresh starts from it.
             return false;
         }
         let changed = !names.same_addresses(&st.names);

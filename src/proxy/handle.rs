@@ -224,42 +224,36 @@ async fn exchange(
 #[cold]
 fn charge(dep: &Deployment, instance: &Instance, failure: &Failure) -> ProxyError {
     let verdict = upstream::classify(failure);
-    match verdict.fault {
-        Fault::Instance => {
-            instance.record_failure();
-            let what = match failure {
-                Failure::Connect(_) => "cannot connect to instance",
-                Failure::Timeout { .. } => "instance did not answer in time",
-                _ => "upstream exchange failed",
-            };
-            tracing::warn!(
-                deployment = %dep.name,
-                instance = %instance.addr(),
-                error = %Cause(failure),
-                "{what}"
-            );
-        }
-        Fault::Proxy => {
-            tracing::error!(deployment = %dep.name, error = %verdict.error, "exchange failed");
-        }
-        Fault::Client => {}
+    if verdict.fault == Fault::Instance {
+        instance.record_failure();
+    }
+    match failure {
+        Failure::Connect(e) => tracing::warn!(
+            deployment = %dep.name,
+            instance = %instance.addr(),
+            error = %e,
+            "cannot connect to instance"
+        ),
+        // Logged whoever was slow: the instance, or a client still sending its body.
+        Failure::Timeout { timeout_ms, .. } => tracing::warn!(
+            deployment = %dep.name,
+            instance = %instance.addr(),
+            timeout_ms,
+            "instance did not answer in time"
+        ),
+        Failure::Broken(e) if verdict.fault == Fault::Instance => tracing::warn!(
+            deployment = %dep.name,
+            instance = %instance.addr(),
+            error = %crate::error::describe(e),
+            "upstream exchange failed"
+        ),
+        Failure::Lost => tracing::error!(
+            deployment = %dep.name,
+            "the request was lost before it was sent"
+        ),
+        Failure::Broken(_) | Failure::Client(_) => {}
     }
     verdict.error
-}
-
-/// The cause of a failure, for the log.
-struct Cause<'a>(&'a Failure);
-
-impl std::fmt::Display for Cause<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Failure::Connect(e) => write!(f, "cannot connect: {e}"),
-            Failure::Broken(e) => f.write_str(&crate::error::describe(e)),
-            Failure::Client(e) => f.write_str(&crate::error::describe(&**e)),
-            Failure::Lost => f.write_str("the request was lost before it was sent"),
-            Failure::Timeout { timeout_ms, .. } => write!(f, "no answer within {timeout_ms} ms"),
-        }
-    }
 }
 
 /// Does the request carry `Authorization: Bearer KEY` with one of `keys` (SHA-256 digests)?

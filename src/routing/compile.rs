@@ -184,7 +184,8 @@ fn addresses(written: &[InstanceAddr], names: &Names) -> Vec<(InstanceAddr, Opti
 impl Compiled {
     /// The addresses of deployment `name`'s instances, in table order, and whether each is
     /// kept from the live table.
-    pub fn instances(&self, name: &str) -> Vec<(String, bool)> {
+    #[cfg(test)]
+    pub(crate) fn instances(&self, name: &str) -> Vec<(String, bool)> {
         self.deployments
             .iter()
             .filter(|d| d.name == name)
