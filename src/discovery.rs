@@ -202,7 +202,7 @@ impl Names {
 pub fn names_in(cfg: &EndpointConfig) -> impl Iterator<Item = &InstanceAddr> {
     cfg.deployments
         .iter()
-        .flat_map(|d| d.instances.iter())
+        .flat_map(|d| d.instances.iter().chain(&d.grpc_instances))
         .filter(|i| i.is_name())
 }
 

@@ -7,7 +7,7 @@
 //! <!-- layers -->
 //! | layer | modules | what it holds |
 //! | --- | --- | --- |
-//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body` | errors answered, limits, the instance address, metric handles, the request body |
+//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body`, `grpc` | errors answered, limits, the instance address, metric handles, the request body |
 //! | 1 file | `config` | the endpoint file: YAML with positions, independent checks, the `traffic:` rewriter |
 //! | 2 instance | `instance`, `discovery` | one instance's state (health, pool, slot); host names and their addresses |
 //! | 3 route | `routing`, `upstream` | the compiled table and the choice; the exchange and its one failure classification |
@@ -25,6 +25,7 @@
 pub mod addr;
 mod body;
 mod error;
+pub mod grpc;
 mod limits;
 pub mod metrics;
 // Layer 1: the endpoint file.

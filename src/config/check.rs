@@ -323,7 +323,7 @@ fn check_deployments(raw: &RawFile) -> Checked<Vec<DeploymentConfig>> {
     let deployments = list
         .iter()
         .map(|d| {
-            let (instances, e) = check_instances(d);
+            let ((instances, grpc_instances), e) = check_instances(d);
             errors.extend(e);
             let (request, e) = check_request(d);
             errors.extend(e);
@@ -331,6 +331,7 @@ fn check_deployments(raw: &RawFile) -> Checked<Vec<DeploymentConfig>> {
                 name: d.name.clone(),
                 weight: 0,
                 instances,
+                grpc_instances,
                 request,
             }
         })
@@ -338,8 +339,9 @@ fn check_deployments(raw: &RawFile) -> Checked<Vec<DeploymentConfig>> {
     (deployments, errors)
 }
 
-/// A deployment's name and its instances: `host:port` or `[v6]:port`, each once.
-fn check_instances(d: &RawDeployment) -> Checked<Vec<InstanceAddr>> {
+/// A deployment's name and its instances, REST and gRPC: `host:port` or `[v6]:port`, each once
+/// per list. Either list may be absent, not both.
+fn check_instances(d: &RawDeployment) -> Checked<(Vec<InstanceAddr>, Vec<InstanceAddr>)> {
     let mut errors = Vec::new();
     let name = &d.name;
     let ok_len = (3..=32).contains(&name.len());
@@ -354,7 +356,11 @@ fn check_instances(d: &RawDeployment) -> Checked<Vec<InstanceAddr>> {
         );
         errors.push(at(d.key, message));
     }
-    let mut instances: Vec<InstanceAddr> = Vec::new();
+    if d.instances.is_none() && d.grpc_instances.is_some() {
+        let (grpc, e) = check_list(d, "grpc_instances");
+        errors.extend(e);
+        return ((Vec::new(), grpc), errors);
+    }
     match &d.instances {
         None if d.readable && !d.suggested.contains(&"instances") => {
             let message = format!(
@@ -362,6 +368,27 @@ fn check_instances(d: &RawDeployment) -> Checked<Vec<InstanceAddr>> {
             );
             errors.push(at(d.key, message));
         }
+        _ => {}
+    }
+    let (instances, e) = check_list(d, "instances");
+    errors.extend(e);
+    let (grpc, e) = check_list(d, "grpc_instances");
+    errors.extend(e);
+    ((instances, grpc), errors)
+}
+
+/// One list of a deployment's instances (`instances` or `grpc_instances`): each address valid
+/// and listed once.
+fn check_list(d: &RawDeployment, list: &str) -> Checked<Vec<InstanceAddr>> {
+    let name = &d.name;
+    let mut errors = Vec::new();
+    let mut instances: Vec<InstanceAddr> = Vec::new();
+    let setting = if list == "instances" {
+        &d.instances
+    } else {
+        &d.grpc_instances
+    };
+    match setting {
         None | Some(Setting { value: None, .. }) => {}
         Some(Setting {
             key,
@@ -369,7 +396,7 @@ fn check_instances(d: &RawDeployment) -> Checked<Vec<InstanceAddr>> {
             ..
         }) => {
             if items.is_empty() {
-                let message = format!("deployment `{name}` has an empty `instances` list");
+                let message = format!("deployment `{name}` has an empty `{list}` list");
                 errors.push(at(*key, message));
             }
             for item in items {

@@ -130,8 +130,11 @@ pub struct DeploymentConfig {
     pub name: String,
     /// Live weight 0–100 (0 when the deployment is not named in `traffic`).
     pub weight: u8,
-    /// Instances as written in the file (`host:port`, `[v6]:port`), checked.
+    /// REST instances as written in the file (`host:port`, `[v6]:port`), checked; forwarded
+    /// over HTTP/1.1. Empty when the deployment serves gRPC only.
     pub instances: Vec<InstanceAddr>,
+    /// gRPC instances (`grpc_instances`), forwarded over HTTP/2 cleartext. Default none.
+    pub grpc_instances: Vec<InstanceAddr>,
     pub request: RequestSettings,
 }
 

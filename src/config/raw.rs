@@ -24,7 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "dns_refresh_ms",
     "deployments",
 ];
-const DEPLOYMENT_KEYS: &[&str] = &["instances", "request", "request_settings"];
+const DEPLOYMENT_KEYS: &[&str] = &["instances", "grpc_instances", "request", "request_settings"];
 const REQUEST_KEYS: &[&str] = &[
     "request_timeout_ms",
     "max_concurrent_requests_per_instance",
@@ -84,6 +84,8 @@ pub(crate) struct RawDeployment {
     /// False when its settings are not a map (reported): nothing else is known of it.
     pub readable: bool,
     pub instances: Option<Setting<Vec<Item>>>,
+    /// The instances' gRPC (HTTP/2 cleartext) addresses.
+    pub grpc_instances: Option<Setting<Vec<Item>>>,
     /// `request` or `request_settings`, whichever is written.
     pub request: Option<(&'static str, Setting<RawRequest>)>,
     pub suggested: Vec<&'static str>,
@@ -482,6 +484,7 @@ impl Reader {
             key,
             readable: false,
             instances: None,
+            grpc_instances: None,
             request: None,
             suggested: Vec::new(),
         };
@@ -496,6 +499,8 @@ impl Reader {
             let path = child(&path, key);
             if key == "instances" {
                 d.instances = Some(setting(k, self.instances(v, &path)));
+            } else if key == "grpc_instances" {
+                d.grpc_instances = Some(setting(k, self.instances(v, &path)));
             } else {
                 d.request = Some((key, setting(k, self.request(v, &path))));
             }
