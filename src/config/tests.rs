@@ -244,7 +244,7 @@ fn unknown_deployment_key_without_suggestion() {
             4,
             5,
             "deployments.blue: unknown key `replicas` in a deployment; expected one of: \
-             instances, request, request_settings"
+             instances, grpc_instances, request, request_settings"
         )]
     );
 }
@@ -1816,7 +1816,7 @@ deployments:
                 7,
                 5,
                 "deployments.blue: unknown key `replicas` in a deployment; expected one of: \
-                 instances, request, request_settings"
+                 instances, grpc_instances, request, request_settings"
             ),
             d(
                 8,
@@ -2084,4 +2084,49 @@ fn traffic_summary_is_in_table_order() {
         "traffic:\n  green: 30\n  blue: 70\n{BLUE_GREEN}  red:\n    instances: [127.0.0.1:9201]\n"
     );
     assert_eq!(clean(&src).traffic_summary(), "green=30 blue=70 red=0");
+}
+
+#[test]
+fn grpc_instances_stand_beside_instances_or_alone() {
+    let c = clean(
+        "traffic: {blue: 100}\ndeployments:\n  blue:\n    instances: [127.0.0.1:8000]\n    grpc_instances: [127.0.0.1:8001, scoring:8001]\n  green:\n    grpc_instances: [127.0.0.1:9001]\n",
+    );
+    assert_eq!(c.deployments[0].instances, ["127.0.0.1:8000"]);
+    assert_eq!(
+        c.deployments[0].grpc_instances,
+        ["127.0.0.1:8001", "scoring:8001"]
+    );
+    assert!(c.deployments[1].instances.is_empty());
+    assert_eq!(c.deployments[1].grpc_instances, ["127.0.0.1:9001"]);
+}
+
+#[test]
+fn grpc_instances_are_checked_like_instances() {
+    assert_eq!(
+        errors(
+            "traffic: {blue: 100}\ndeployments:\n  blue:\n    grpc_instances: [127.0.0.1:8001, 127.0.0.1, 127.0.0.1:8001]\n  green:\n    grpc_instances: []\n  teal: {request: {max_queue_wait_ms: 5}}\n"
+        ),
+        [
+            d(
+                4,
+                38,
+                "instance `127.0.0.1`: expected host:port, like 127.0.0.1:9001"
+            ),
+            d(
+                4,
+                49,
+                "instance `127.0.0.1:8001` is listed twice in deployment `blue`"
+            ),
+            d(
+                6,
+                5,
+                "deployment `green` has an empty `grpc_instances` list"
+            ),
+            d(
+                7,
+                3,
+                "deployment `teal` has no `instances`: list its scoring servers as host:port"
+            ),
+        ]
+    );
 }
