@@ -128,9 +128,9 @@ impl Admin {
         let unready: Vec<String> = table
             .deployments
             .iter()
-            .filter(|d| d.weight > 0 && !d.instances.iter().any(|i| i.is_healthy()))
+            .filter(|d| d.weight > 0 && !d.all_instances().any(|i| i.is_healthy()))
             .map(|d| {
-                if d.instances.is_empty() {
+                if d.all_instances().next().is_none() {
                     format!(
                         "{} (no instances: its host names have not resolved)",
                         d.name
@@ -169,23 +169,25 @@ impl Admin {
             .deployments
             .iter()
             .map(|d| {
-                let instances: Vec<Value> = d
-                    .instances
-                    .iter()
-                    .map(|i| {
-                        json!({
-                            "instance": i.addr().as_str(),
-                            "discovered_from": i.discovered_from().map(|n| n.as_str()),
-                            "healthy": i.is_healthy(),
-                            "in_flight": i.in_flight(),
+                let list = |g: &crate::routing::Group| -> Vec<Value> {
+                    g.instances
+                        .iter()
+                        .map(|i| {
+                            json!({
+                                "instance": i.addr().as_str(),
+                                "discovered_from": i.discovered_from().map(|n| n.as_str()),
+                                "healthy": i.is_healthy(),
+                                "in_flight": i.in_flight(),
+                            })
                         })
-                    })
-                    .collect();
+                        .collect()
+                };
                 (
                     d.name.to_string(),
                     json!({
                         "weight": d.weight,
-                        "instances": instances,
+                        "instances": list(&d.rest),
+                        "grpc_instances": list(&d.grpc),
                         "request": {
                             "request_timeout_ms": d.settings.request_timeout.as_millis() as u64,
                             "max_concurrent_requests_per_instance": d.settings.max_concurrent_per_instance,
@@ -240,8 +242,7 @@ impl Admin {
                 let empty = Vec::new();
                 let then_buckets = t.map_or(&empty, |t| &t.buckets);
                 let instances: Vec<Value> = d
-                    .instances
-                    .iter()
+                    .all_instances()
                     .map(|i| json!({"instance": i.addr().as_str(), "healthy": i.is_healthy(), "in_flight": i.in_flight()}))
                     .collect();
                 json!({
@@ -418,11 +419,11 @@ mod readiness_tests {
         assert_eq!(admin.readiness(), Ok(()));
         let table = loader.table().load_full();
         // A 0% deployment without healthy instances does not make the proxy unready.
-        table.deployments[1].instances[0].eject();
+        table.deployments[1].rest.instances[0].eject();
         assert_eq!(admin.readiness(), Ok(()));
-        table.deployments[0].instances[0].eject();
+        table.deployments[0].rest.instances[0].eject();
         assert_eq!(admin.readiness(), Ok(()));
-        table.deployments[0].instances[1].eject();
+        table.deployments[0].rest.instances[1].eject();
         assert_eq!(
             admin.readiness(),
             Err("no healthy instance in deployment(s) with traffic: blue".into())

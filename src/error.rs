@@ -44,6 +44,8 @@ pub enum ProxyError {
     Protocol,
     #[error("the instance did not answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    #[error("deployment `{deployment}` has no `{}`: it does not serve {}", if *grpc { "grpc_instances" } else { "instances" }, if *grpc { "gRPC" } else { "REST" })]
+    NotServed { deployment: Box<str>, grpc: bool },
     /// A fault of scoregate's own; never the client's or an instance's.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -64,6 +66,24 @@ impl ProxyError {
             ProxyError::Connect | ProxyError::Protocol => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::NotServed { .. } => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The gRPC status of the answer to a gRPC call.
+    pub fn grpc_code(&self) -> u32 {
+        match self {
+            ProxyError::UnknownPin { .. } | ProxyError::ClientBody(_) => 3, // INVALID_ARGUMENT
+            ProxyError::Unauthorized => 16,                                 // UNAUTHENTICATED
+            ProxyError::BodyTooLarge { .. } | ProxyError::Overloaded { .. } => 8, // RESOURCE_EXHAUSTED
+            ProxyError::Timeout { .. } => 4, // DEADLINE_EXCEEDED
+            ProxyError::NoTraffic { .. }
+            | ProxyError::Connect
+            | ProxyError::NoHealthyInstance
+            | ProxyError::NoInstances
+            | ProxyError::Protocol => 14, // UNAVAILABLE
+            ProxyError::NotServed { .. } => 12, // UNIMPLEMENTED
+            ProxyError::Internal(_) => 13,   // INTERNAL
         }
     }
 

@@ -11,3 +11,14 @@ pub(crate) const MAX_BUF_BYTES: usize = MAX_HEAD_BYTES + 1024;
 
 /// Largest body copied to a mirror; larger bodies are not copied (counted as dropped).
 pub(crate) const MIRROR_MAX_BODY: u64 = 1024 * 1024;
+
+/// Streams one client's HTTP/2 connection may have open at once.
+pub(crate) const H2_MAX_STREAMS: u32 = 256;
+
+/// Streams a client may open and reset before scoregate has answered them, at once; past it
+/// the connection is closed (rapid reset, CVE-2023-44487).
+pub(crate) const H2_MAX_PENDING_RESETS: usize = 50;
+
+/// Streams scoregate may reset on one connection because of the client's protocol errors before
+/// it closes the connection.
+pub(crate) const H2_MAX_LOCAL_RESETS: usize = 256;

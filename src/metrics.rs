@@ -78,6 +78,31 @@ pub fn quantile(q: f64, bounds: &[f64], now: &[u64], then: &[u64]) -> Option<f64
     None
 }
 
+/// The names of the 17 gRPC status codes, by code.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// gRPC status codes that mean the server failed, not the caller: UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. `rollout` counts them as errors.
+pub const GRPC_SERVER_FAILURES: [u32; 6] = [2, 4, 12, 13, 14, 15];
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +110,7 @@ pub struct Metrics {
     duration: HistogramVec,
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
+    grpc: IntCounterVec,
     weight: IntGaugeVec,
     /// `scoregate_mirror_requests_total{deployment, result}`.
     pub mirror: IntCounterVec,
@@ -136,6 +162,11 @@ impl Metrics {
             "Failed exchanges with instances, by deployment and kind (connect, timeout, overload, protocol).",
             &["deployment", "kind"],
         );
+        let grpc = counter_vec(
+            "scoregate_grpc_responses_total",
+            "gRPC calls answered, by deployment (none: refused before routing) and gRPC status (the instance's, or scoregate's own for errors it answers itself). Every gRPC answer has HTTP status 200: this is where its failures show.",
+            &["deployment", "grpc_code"],
+        );
         let weight = gauge_vec(
             "scoregate_traffic_weight",
             "Live traffic weight of the deployment, 0-100.",
@@ -175,6 +206,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(grpc.clone()),
             Box::new(weight.clone()),
             Box::new(mirror.clone()),
             Box::new(instance_healthy.clone()),
@@ -197,6 +229,7 @@ impl Metrics {
             duration,
             in_flight,
             upstream_errors,
+            grpc,
             weight,
             mirror,
             instance_healthy,
@@ -286,6 +319,9 @@ impl Metrics {
         for k in UpstreamErrorKind::ALL {
             let _ = self.upstream_errors.remove_label_values(&[d, k.label()]);
         }
+        for code in GRPC_CODES {
+            let _ = self.grpc.remove_label_values(&[d, code]);
+        }
         let _ = self.weight.remove_label_values(&[d]);
         for result in ["ok", "error", "dropped"] {
             let _ = self.mirror.remove_label_values(&[d, result]);
@@ -325,6 +361,8 @@ pub struct DeploymentMetrics {
     in_flight: OnceLock<IntGauge>,
     errors_vec: IntCounterVec,
     errors: [OnceLock<IntCounter>; 4],
+    grpc_vec: IntCounterVec,
+    grpc: [OnceLock<IntCounter>; 17],
 }
 
 impl std::fmt::Debug for DeploymentMetrics {
@@ -348,6 +386,8 @@ impl DeploymentMetrics {
             in_flight: OnceLock::new(),
             errors_vec: m.upstream_errors.clone(),
             errors: Default::default(),
+            grpc_vec: m.grpc.clone(),
+            grpc: Default::default(),
         }
     }
 
@@ -381,6 +421,33 @@ impl DeploymentMetrics {
     /// Counts one failed exchange with an instance.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.error_counter(kind).inc();
+    }
+
+    /// Counts one gRPC call answered with status `code` (a code past 16 counts as UNKNOWN).
+    pub fn grpc_status(&self, code: u32) {
+        let i = if code < 17 { code as usize } else { 2 };
+        self.grpc[i]
+            .get_or_init(|| {
+                self.grpc_vec
+                    .with_label_values(&[&*self.name, GRPC_CODES[i]])
+            })
+            .inc();
+    }
+
+    /// gRPC calls answered so far: all, and those whose status means the server failed
+    /// (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+    pub fn grpc_totals(&self) -> (u64, u64) {
+        let mut all = 0;
+        let mut failed = 0;
+        for (i, slot) in self.grpc.iter().enumerate() {
+            if let Some(c) = slot.get() {
+                all += c.get();
+                if GRPC_SERVER_FAILURES.contains(&(i as u32)) {
+                    failed += c.get();
+                }
+            }
+        }
+        (all, failed)
     }
 
     /// Requests answered so far, and those answered with 5xx.

@@ -35,7 +35,7 @@ pub(super) async fn run(table: Arc<ArcSwap<Table>>) {
         // Probes run side by side, so one unreachable instance does not delay the others.
         let mut probes = tokio::task::JoinSet::new();
         for d in table.deployments.iter() {
-            for i in d.instances.iter() {
+            for i in d.all_instances() {
                 i.pool().sweep();
                 if i.probe_due() {
                     let (name, i) = (d.name.clone(), i.clone());

@@ -3,6 +3,7 @@
 //! ([`Pick`] while choosing, [`Slot`] while exchanging). Knows nothing of deployments or tables:
 //! routing sits above it and depends only on this value.
 
+mod h2;
 mod health;
 mod pool;
 
@@ -16,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::addr::InstanceAddr;
 use health::{Change, Health};
 
+pub(crate) use h2::{H2Pool, Lease};
 pub(crate) use pool::{Conn, Pool, connect, tcp_connect};
 
 /// One scoring instance. Shared between tables across reloads when its deployment and address
@@ -28,7 +30,10 @@ pub struct Instance {
     discovered_from: Option<InstanceAddr>,
     in_flight: AtomicU32,
     health: Health,
+    /// Idle HTTP/1.1 connections (REST instances).
     pool: Pool,
+    /// HTTP/2 connections (gRPC instances).
+    h2: Option<H2Pool>,
     /// `scoregate_upstream_in_flight` of the instance's deployment.
     deployment_in_flight: IntGauge,
     /// `scoregate_instance_healthy` of this instance.
@@ -38,11 +43,13 @@ pub struct Instance {
 // === impl Instance ===
 
 impl Instance {
-    /// A healthy instance with no connections yet; `deployment_in_flight` and `healthy_gauge`
-    /// are its metric handles (the gauge is set to 1 here).
+    /// A healthy instance with no connections yet, reached over HTTP/2 when `grpc`, else
+    /// HTTP/1.1; `deployment_in_flight` and `healthy_gauge` are its metric handles (the gauge
+    /// is set to 1 here).
     pub(crate) fn new(
         addr: InstanceAddr,
         discovered_from: Option<InstanceAddr>,
+        grpc: bool,
         deployment_in_flight: IntGauge,
         healthy_gauge: IntGauge,
     ) -> Instance {
@@ -52,7 +59,12 @@ impl Instance {
             discovered_from,
             in_flight: AtomicU32::new(0),
             health: Health::default(),
-            pool: Pool::default(),
+            pool: if grpc {
+                Pool::with_capacity(1)
+            } else {
+                Pool::default()
+            },
+            h2: grpc.then(H2Pool::default),
             deployment_in_flight,
             healthy_gauge,
         }
@@ -73,9 +85,14 @@ impl Instance {
         self.addr.as_str()
     }
 
-    /// The instance's idle connections.
+    /// The instance's idle HTTP/1.1 connections.
     pub(crate) fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The instance's HTTP/2 connections, for a gRPC instance.
+    pub(crate) fn h2(&self) -> Option<&H2Pool> {
+        self.h2.as_ref()
     }
 
     /// False while the instance is ejected.
@@ -128,6 +145,9 @@ impl Instance {
     fn ejected(&self) {
         self.healthy_gauge.set(0);
         self.pool.clear();
+        if let Some(h2) = &self.h2 {
+            h2.clear();
+        }
     }
 
     /// Claims one request slot if fewer than `limit` (0 = unlimited) are taken.
@@ -236,6 +256,7 @@ mod tests {
         Arc::new(Instance::new(
             InstanceAddr::parse("127.0.0.1:9").expect("addr"),
             None,
+            false,
             gauge("in_flight"),
             gauge("healthy"),
         ))

@@ -40,9 +40,7 @@ impl std::fmt::Debug for Pool {
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool {
-            idle: ArrayQueue::new(POOL_MAX_IDLE),
-        }
+        Pool::with_capacity(POOL_MAX_IDLE)
     }
 }
 
@@ -54,6 +52,13 @@ pub(crate) struct Conn {
 }
 
 impl Pool {
+    /// A pool keeping at most `n` idle connections.
+    pub(crate) fn with_capacity(n: usize) -> Pool {
+        Pool {
+            idle: ArrayQueue::new(n.max(1)),
+        }
+    }
+
     /// A live idle connection, if any; stale and closed ones are dropped on the way.
     pub(crate) fn checkout(&self) -> Option<Conn> {
         while let Some(idle) = self.idle.pop() {

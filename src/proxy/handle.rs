@@ -19,10 +19,11 @@ use subtle::ConstantTimeEq;
 use crate::body::RequestBody;
 use crate::config;
 use crate::error::ProxyError;
-use crate::instance::{Conn, Instance, Slot};
-use crate::routing::{Choice, Deployment, Table};
-use crate::upstream::{self, Failure, Fault, ResponseBody};
+use crate::instance::{Instance, Slot};
+use crate::routing::{Choice, Deployment, Group, Table};
+use crate::upstream::{self, Failure, Fault, Held, ResponseBody};
 
+use super::grpc;
 use super::mirror::Mirroring;
 use super::respond;
 use super::server::Peer;
@@ -68,58 +69,80 @@ impl Proxy {
         // The request keeps this table until it ends, whatever reloads happen meanwhile.
         let table = self.table.load_full();
         let pinned = req.headers().contains_key(&table.pin_header);
-        let mut prepared = prepare(&table, req, peer);
+        let grpc = grpc::is_grpc(req.headers());
+        let mut prepared = prepare(&table, req, peer, grpc);
         async move {
             let outcome = match prepared {
                 Err(e) => Err(e),
                 Ok(ref mut p) => proxy
-                    .forward(&table, p.choice, &mut p.request, p.sent.as_deref())
+                    .forward(&table, p, grpc)
                     .await
                     .map(|resp| (resp, p.choice.index)),
             };
             finish(match outcome {
                 Ok((resp, index)) => respond::answered(&table, index, resp, pinned, start),
-                Err((err, dep)) => respond::refused(&table, &err, dep, pinned, start),
+                Err((err, dep)) => respond::refused(&table, &err, dep, pinned, grpc, start),
             })
         }
     }
 
-    /// Waits for a slot on the chosen deployment, then exchanges the request in `pending` with
-    /// one of its instances within the deployment's request timeout.
+    /// Waits for a slot on the chosen deployment's REST or gRPC instances, then exchanges the
+    /// prepared request with one of them within the request timeout (for a gRPC call, the
+    /// client's `grpc-timeout` when shorter).
     async fn forward(
         &self,
         table: &Arc<Table>,
-        choice: Choice,
-        pending: &mut upstream::Pending,
-        sent: Option<&AtomicBool>,
+        prepared: &mut Prepared,
+        grpc: bool,
     ) -> Result<Response<ResponseBody>, (ProxyError, Option<usize>)> {
+        let Prepared {
+            choice,
+            request: pending,
+            sent,
+            deadline,
+        } = prepared;
+        let choice = *choice;
         let dep = &table.deployments[choice.index];
         let at = |e| (e, Some(choice.index));
-        let slot = dep.acquire().await.map_err(at)?;
+        let group = dep.group(grpc);
+        if !group.configured {
+            return Err(at(ProxyError::NotServed {
+                deployment: dep.name.clone(),
+                grpc,
+            }));
+        }
+        let slot = group.acquire().await.map_err(at)?;
         if let Some(req) = pending.as_deref_mut() {
-            if !req.headers().contains_key(header::HOST)
+            if grpc {
+                grpc::to_h2(req, slot.instance().authority());
+            } else if !req.headers().contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(slot.instance().authority())
             {
                 req.headers_mut().insert(header::HOST, v);
             }
-            if !choice.pinned && table.mirror.is_some() {
+            if !grpc && !choice.pinned && table.mirror.is_some() {
                 let roll = rand::rng().random_range(0..100u8);
                 let tee = self.mirroring.start(table, req, roll);
                 req.body_mut().set_tee(tee);
             }
         }
 
-        let timeout = dep.settings.request_timeout;
+        let timeout = match deadline {
+            Some(d) => dep.settings.request_timeout.min(*d),
+            None => dep.settings.request_timeout,
+        };
         // The instance being tried, for charging a timeout to the right one.
         let mut current = slot.instance().clone();
         let (resp, conn, slot) =
-            match tokio::time::timeout(timeout, exchange(dep, slot, pending, &mut current)).await {
+            match tokio::time::timeout(timeout, exchange(dep, group, slot, pending, &mut current))
+                .await
+            {
                 Ok(Ok(done)) => done,
                 Ok(Err(e)) => return Err(at(e)),
                 Err(_) => {
                     let failure = Failure::Timeout {
                         timeout_ms: timeout.as_millis() as u64,
-                        body_sent: sent.is_none_or(|s| s.load(Ordering::Relaxed)),
+                        body_sent: sent.as_ref().is_none_or(|s| s.load(Ordering::Relaxed)),
                     };
                     return Err(at(charge(dep, &current, &failure)));
                 }
@@ -130,9 +153,20 @@ impl Proxy {
         parts
             .headers
             .insert(X_DEPLOYMENT.clone(), dep.header_value.clone());
+        // A gRPC status in the headers (a trailers-only answer) is counted now, else at the
+        // trailers.
+        let count_trailers = grpc
+            && match upstream::grpc_status(&parts.headers) {
+                Some(code) => {
+                    dep.metrics.grpc_status(code);
+                    false
+                }
+                None => true,
+            };
+        let metrics = count_trailers.then(|| dep.metrics.clone());
         Ok(Response::from_parts(
             parts,
-            ResponseBody::upstream(body, slot, conn, timeout),
+            ResponseBody::upstream(body, slot, conn, timeout, metrics),
         ))
     }
 }
@@ -143,6 +177,8 @@ struct Prepared {
     request: upstream::Pending,
     /// Set once the client's body has been sent whole (None: the request has no body).
     sent: Option<Arc<AtomicBool>>,
+    /// A gRPC client's `grpc-timeout`.
+    deadline: Option<std::time::Duration>,
 }
 
 /// Everything about a request that needs no waiting: the key, the declared body size, the
@@ -152,6 +188,7 @@ fn prepare(
     table: &Table,
     req: Request<Incoming>,
     peer: &Peer,
+    grpc: bool,
 ) -> Result<Prepared, (ProxyError, Option<usize>)> {
     let limit = table.max_request_body_bytes;
     if let Some(keys) = &table.keys
@@ -169,13 +206,26 @@ fn prepare(
         .choose_for(req.headers(), &mut rand::rng())
         .map_err(|e| (e, None))?;
     let (mut parts, body) = req.into_parts();
+    // A request that came over HTTP/2 names its host in the target, not in `Host`.
+    if !grpc
+        && !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     upstream::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     append_forwarded_for(&mut parts.headers, peer);
-    // HTTP/1 origin form towards the instance.
-    let path = parts.uri.path_and_query().cloned();
-    parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    parts.version = http::Version::HTTP_11;
+    let deadline = if grpc {
+        grpc::prepare(&mut parts)
+    } else {
+        // HTTP/1 origin form towards the instance.
+        let path = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        parts.version = http::Version::HTTP_11;
+        None
+    };
     if table.keys.is_some() {
         // The key is scoregate's: the instance never sees it.
         parts.headers.remove(header::AUTHORIZATION);
@@ -189,6 +239,7 @@ fn prepare(
         choice,
         request: Some(Box::new(request)),
         sent,
+        deadline,
     })
 }
 
@@ -197,10 +248,11 @@ fn prepare(
 /// sent); `current` follows the instance being tried.
 async fn exchange(
     dep: &Deployment,
+    group: &Group,
     mut slot: Slot,
     pending: &mut upstream::Pending,
     current: &mut Arc<Instance>,
-) -> Result<(Response<Incoming>, Conn, Slot), ProxyError> {
+) -> Result<(Response<Incoming>, Held, Slot), ProxyError> {
     let mut retried = false;
     loop {
         let instance = slot.instance().clone();
@@ -211,7 +263,7 @@ async fn exchange(
         };
         let error = charge(dep, &instance, &failure);
         // Nothing was sent on a refused connection: try once more on another instance.
-        if matches!(failure, Failure::Connect(_)) && !retried && dep.reassign(&mut slot) {
+        if matches!(failure, Failure::Connect(_)) && !retried && group.reassign(&mut slot) {
             retried = true;
             continue;
         }

@@ -77,7 +77,7 @@ async fn copy(
         return;
     };
     let dep = &table.deployments[mirror.index];
-    let Some(slot) = dep.try_copy_slot() else {
+    let Some(slot) = dep.rest.try_copy_slot() else {
         mirror.dropped.inc();
         return;
     };
@@ -87,7 +87,7 @@ async fn copy(
         let (resp, conn) = upstream::send(instance, &mut pending).await?;
         let status = resp.status();
         resp.into_body().collect().await.map_err(Failure::Broken)?;
-        instance.pool().checkin(conn);
+        conn.release(&slot);
         Ok::<_, Failure>(status)
     };
     let timeout = dep.settings.request_timeout;

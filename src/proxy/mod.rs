@@ -2,6 +2,7 @@
 //! one request through the table to an instance; [`respond`] writes and counts the answer;
 //! [`mirror`] copies a share of requests to a shadow deployment.
 
+mod grpc;
 mod handle;
 mod mirror;
 mod respond;

@@ -26,19 +26,26 @@ pub(super) fn answered(
     resp
 }
 
-/// The answer for `err`, counted for deployment `index` (`None`: refused before routing).
+/// The answer for `err`, counted for deployment `index` (`None`: refused before routing): a
+/// JSON body, or for a gRPC call a trailers-only answer with its gRPC status.
 #[cold]
 pub(super) fn refused(
     table: &Table,
     err: &ProxyError,
     index: Option<usize>,
     pinned: bool,
+    grpc: bool,
     start: Instant,
 ) -> Response<ResponseBody> {
     let dep = index.map(|i| &table.deployments[i]);
     let m = dep.map_or(&table.unrouted, |d| &d.metrics);
     if let Some(kind) = err.upstream_kind() {
         m.upstream_error(kind);
+    }
+    if grpc {
+        m.grpc_status(err.grpc_code());
+        m.request(200, pinned, start.elapsed());
+        return super::grpc::error_response(err, dep.map(|d| &d.header_value));
     }
     m.request(err.status().as_u16(), pinned, start.elapsed());
     error_response(err, dep.map(|d| &d.header_value))

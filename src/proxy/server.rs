@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::limits::{MAX_BUF_BYTES, MAX_HEAD_BYTES};
+use crate::limits::{
+    H2_MAX_LOCAL_RESETS, H2_MAX_PENDING_RESETS, H2_MAX_STREAMS, MAX_BUF_BYTES, MAX_HEAD_BYTES,
+};
 use crate::upstream::ResponseBody;
 
 use super::Proxy;
@@ -128,14 +130,27 @@ pub(crate) async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let mut http = http1::Builder::new();
+    // One listener, both protocols: HTTP/1.1, and HTTP/2 with prior knowledge (h2c), told
+    // apart by the connection preface (see `detect`).
+    let mut h1 = http1::Builder::new();
     // The header timeout is the connection's own watchdog (see `quiet_watchdog`): hyper's would
     // arm and drop a timer for every request, about 5 % of a request's instructions.
-    http.timer(TokioTimer::new())
+    h1.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(None)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_BUF_BYTES);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // Hostile HTTP/2 costs bounded memory and CPU: streams per connection, header list size
+    // (CONTINUATION floods), streams reset by the client before they are answered (rapid
+    // reset, CVE-2023-44487) and streams scoregate had to reset; h2 bounds SETTINGS and PING
+    // floods itself.
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_send_buf_size(MAX_BUF_BYTES);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -155,25 +170,41 @@ pub(crate) async fn serve(
         let peer = Peer::new(remote);
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let guard = Activity::begin(&seen);
-                // Boxed: hyper keeps the service's future inline in every client connection,
-                // idle or not, and moves it in per request.
-                Box::pin(proxy.handle(req, &peer, move |resp| {
-                    Ok::<_, Infallible>(resp.map(|body| Guarded {
-                        body,
-                        _guard: guard,
-                    }))
+        let service = service_fn(move |req| {
+            let guard = Activity::begin(&seen);
+            // Boxed: hyper keeps the service's future inline in every client connection,
+            // idle or not, and moves it in per request.
+            Box::pin(proxy.handle(req, &peer, move |resp| {
+                Ok::<_, Infallible>(resp.map(|body| Guarded {
+                    body,
+                    _guard: guard,
                 }))
-            }),
-        );
-        let conn = graceful.watch(conn);
+            }))
+        });
+        let (h1, h2) = (h1.clone(), h2.clone());
+        let watcher = graceful.watcher();
+        let mut stop = shutdown.clone();
         let timeout = limits.header_timeout;
         tokio::spawn(async move {
+            let serve = async {
+                let h2_preface = tokio::select! {
+                    found = detect(&stream) => found,
+                    _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                };
+                match h2_preface {
+                    Ok(Some(true)) => {
+                        let conn = h2.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
+                    }
+                    Ok(Some(false)) => {
+                        let conn = h1.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
+                    }
+                    Ok(None) | Err(_) => Ok(()),
+                }
+            };
             tokio::select! {
-                done = conn => if let Err(e) = done {
+                done = serve => if let Err(e) = done {
                     tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
                 },
                 () = quiet_watchdog(&activity, timeout) => {
@@ -190,6 +221,30 @@ pub(crate) async fn serve(
         Err(_) => {
             tracing::warn!(drain = ?drain, "drain deadline passed; closing the remaining connections")
         }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a new connection speaks HTTP/2 (prior knowledge): `Some(true)` once the whole
+/// preface has arrived, `Some(false)` at the first byte that differs (HTTP/1.1), `None` when
+/// the client closed first. Peeks, so nothing is taken from the stream. A client that stops
+/// within the preface is polled until the connection's watchdog closes it.
+async fn detect(stream: &tokio::net::TcpStream) -> std::io::Result<Option<bool>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -17,7 +17,7 @@ use crate::instance::Instance;
 use crate::metrics::{DeploymentMetrics, Metrics};
 
 use super::sticky::sticky_bound;
-use super::{Deployment, Mirror, Table};
+use super::{Deployment, Group, Mirror, Table};
 
 /// A table compiled and not yet live: nothing registered anywhere.
 #[derive(Debug)]
@@ -45,9 +45,17 @@ struct Planned {
     name: String,
     weight: u8,
     settings: RequestSettings,
-    instances: Vec<PlannedInstance>,
+    rest: PlannedGroup,
+    grpc: PlannedGroup,
     /// The live deployment's metric handles, when it is kept.
     metrics: Option<Arc<DeploymentMetrics>>,
+}
+
+/// One list of a planned deployment's instances.
+#[derive(Debug)]
+struct PlannedGroup {
+    instances: Vec<PlannedInstance>,
+    configured: bool,
     limiter: Option<Arc<Semaphore>>,
 }
 
@@ -69,49 +77,22 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
     let mut gone_instances = Vec::new();
     for (index, d) in cfg.deployments.iter().enumerate() {
         let old = previous.and_then(|t| t.deployment(&d.name));
-        let wanted = addresses(&d.instances, names);
-        let instances: Vec<PlannedInstance> = wanted
-            .iter()
-            .map(|(addr, from)| {
-                let kept = old.and_then(|o| {
-                    o.instances
-                        .iter()
-                        .find(|i| i.addr() == addr && i.discovered_from() == from.as_ref())
-                });
-                match kept {
-                    Some(i) => PlannedInstance::Kept(i.clone()),
-                    None => PlannedInstance::New {
-                        addr: addr.clone(),
-                        discovered_from: from.clone(),
-                    },
-                }
-            })
-            .collect();
-        if let Some(o) = old {
-            gone_instances.extend(
-                o.instances
-                    .iter()
-                    .filter(|i| !wanted.iter().any(|(a, _)| a == i.addr()))
-                    .map(|i| (d.name.clone(), i.addr().to_string())),
-            );
-        }
-        let limit = d.request.max_concurrent_per_instance as usize;
-        // The admission queue survives a reload that keeps the limit and the instance count,
-        // so that slots are neither leaked nor doubled.
-        let keep = old.and_then(|o| {
-            (o.settings.max_concurrent_per_instance == d.request.max_concurrent_per_instance
-                && o.instances.len() == instances.len())
-            .then(|| o.limiter.clone())
-        });
-        let limiter = keep.unwrap_or_else(|| {
-            (limit > 0).then(|| {
-                Arc::new(Semaphore::new(
-                    limit
-                        .saturating_mul(instances.len())
-                        .min(Semaphore::MAX_PERMITS),
-                ))
-            })
-        });
+        let rest = plan_group(
+            &d.instances,
+            names,
+            old.map(|o| &o.rest),
+            &d.request,
+            &d.name,
+            &mut gone_instances,
+        );
+        let grpc = plan_group(
+            &d.grpc_instances,
+            names,
+            old.map(|o| &o.grpc),
+            &d.request,
+            &d.name,
+            &mut gone_instances,
+        );
         if d.weight > 0 {
             total += u32::from(d.weight);
             cumulative.push((total, index));
@@ -120,9 +101,9 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
             name: d.name.clone(),
             weight: d.weight,
             settings: d.request.clone(),
-            instances,
+            rest,
+            grpc,
             metrics: old.map(|o| o.metrics.clone()),
-            limiter,
         });
     }
     let gone_deployments = previous
@@ -130,7 +111,7 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
         .flat_map(|t| t.deployments.iter())
         .filter(|o| !cfg.deployments.iter().any(|d| d.name == *o.name))
         .map(|o| {
-            let addrs = o.instances.iter().map(|i| i.addr().to_string()).collect();
+            let addrs = o.all_instances().map(|i| i.addr().to_string()).collect();
             (o.metrics.clone(), addrs)
         })
         .collect();
@@ -156,6 +137,63 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
         unrouted: previous.map(|t| t.unrouted.clone()),
         gone_instances,
         gone_deployments,
+    }
+}
+
+/// Plans one list of a deployment's instances: instances of the live list `old` with the same
+/// address (and name) are kept, the others are new; those of `old` no longer wanted go to
+/// `gone`. The admission queue survives when the limit and the instance count stay.
+fn plan_group(
+    written: &[InstanceAddr],
+    names: &Names,
+    old: Option<&Group>,
+    request: &RequestSettings,
+    deployment: &str,
+    gone: &mut Vec<(String, String)>,
+) -> PlannedGroup {
+    let wanted = addresses(written, names);
+    let instances: Vec<PlannedInstance> = wanted
+        .iter()
+        .map(|(addr, from)| {
+            let kept = old.and_then(|o| {
+                o.instances
+                    .iter()
+                    .find(|i| i.addr() == addr && i.discovered_from() == from.as_ref())
+            });
+            match kept {
+                Some(i) => PlannedInstance::Kept(i.clone()),
+                None => PlannedInstance::New {
+                    addr: addr.clone(),
+                    discovered_from: from.clone(),
+                },
+            }
+        })
+        .collect();
+    if let Some(o) = old {
+        gone.extend(
+            o.instances
+                .iter()
+                .filter(|i| !wanted.iter().any(|(a, _)| a == i.addr()))
+                .map(|i| (deployment.to_string(), i.addr().to_string())),
+        );
+    }
+    let limit = request.max_concurrent_per_instance;
+    let keep = old.and_then(|o| {
+        (o.limit == limit && o.instances.len() == instances.len()).then(|| o.limiter.clone())
+    });
+    let limiter = keep.unwrap_or_else(|| {
+        (limit > 0).then(|| {
+            Arc::new(Semaphore::new(
+                (limit as usize)
+                    .saturating_mul(instances.len())
+                    .min(Semaphore::MAX_PERMITS),
+            ))
+        })
+    });
+    PlannedGroup {
+        instances,
+        configured: !written.is_empty(),
+        limiter,
     }
 }
 
@@ -189,7 +227,7 @@ impl Compiled {
         self.deployments
             .iter()
             .filter(|d| d.name == name)
-            .flat_map(|d| d.instances.iter())
+            .flat_map(|d| d.rest.instances.iter().chain(&d.grpc.instances))
             .map(|i| match i {
                 PlannedInstance::Kept(i) => (i.addr().to_string(), true),
                 PlannedInstance::New { addr, .. } => (addr.to_string(), false),
@@ -232,33 +270,40 @@ impl Compiled {
                     .metrics
                     .unwrap_or_else(|| Arc::new(metrics.deployment(&d.name)));
                 metrics.set_weight(&d.name, d.weight);
-                let instances = d
-                    .instances
-                    .into_iter()
-                    .map(|i| match i {
-                        PlannedInstance::Kept(i) => i,
-                        PlannedInstance::New {
-                            addr,
-                            discovered_from,
-                        } => {
-                            let healthy = metrics.instance_healthy(&d.name, addr.as_str());
-                            Arc::new(Instance::new(
+                let group = |g: PlannedGroup, grpc: bool| Group {
+                    instances: g
+                        .instances
+                        .into_iter()
+                        .map(|i| match i {
+                            PlannedInstance::Kept(i) => i,
+                            PlannedInstance::New {
                                 addr,
                                 discovered_from,
-                                dm.in_flight().clone(),
-                                healthy,
-                            ))
-                        }
-                    })
-                    .collect();
+                            } => {
+                                let healthy = metrics.instance_healthy(&d.name, addr.as_str());
+                                Arc::new(Instance::new(
+                                    addr,
+                                    discovered_from,
+                                    grpc,
+                                    dm.in_flight().clone(),
+                                    healthy,
+                                ))
+                            }
+                        })
+                        .collect(),
+                    configured: g.configured,
+                    limit: d.settings.max_concurrent_per_instance,
+                    wait: d.settings.max_queue_wait,
+                    limiter: g.limiter,
+                };
                 Deployment {
                     header_value: HeaderValue::from_str(&d.name)
                         .unwrap_or(HeaderValue::from_static("invalid")),
+                    rest: group(d.rest, false),
+                    grpc: group(d.grpc, true),
                     name: d.name.into(),
                     weight: d.weight,
-                    instances,
                     settings: d.settings,
-                    limiter: d.limiter,
                     metrics: dm,
                 }
             })

@@ -29,18 +29,50 @@ pub struct Deployment {
     pub(crate) header_value: HeaderValue,
     /// Live weight 0–100.
     pub(crate) weight: u8,
-    pub(crate) instances: Box<[Arc<Instance>]>,
     pub(crate) settings: RequestSettings,
-    /// With `max_concurrent_requests_per_instance` > 0: limit × instances permits, granted in
-    /// arrival order.
-    limiter: Option<Arc<Semaphore>>,
     /// Metric handles, shared by every table in which the deployment lives.
     pub(crate) metrics: Arc<DeploymentMetrics>,
+    /// The REST instances (`instances`), reached over HTTP/1.1.
+    pub rest: Group,
+    /// The gRPC instances (`grpc_instances`), reached over HTTP/2.
+    pub grpc: Group,
+}
+
+/// One list of a deployment's instances and its admission queue.
+#[derive(Debug)]
+pub struct Group {
+    pub(crate) instances: Box<[Arc<Instance>]>,
+    /// False when the file names no such list for the deployment.
+    pub(crate) configured: bool,
+    /// `max_concurrent_requests_per_instance` and `max_queue_wait_ms`.
+    limit: u32,
+    wait: Duration,
+    /// With a limit > 0: limit × instances permits, granted in arrival order.
+    limiter: Option<Arc<Semaphore>>,
 }
 
 // === impl Deployment ===
 
 impl Deployment {
+    /// The list a request goes to: `grpc_instances` for gRPC, `instances` for the rest.
+    pub(crate) fn group(&self, grpc: bool) -> &Group {
+        if grpc { &self.grpc } else { &self.rest }
+    }
+
+    /// Every instance of the deployment, REST then gRPC.
+    pub(crate) fn all_instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.rest.instances.iter().chain(self.grpc.instances.iter())
+    }
+
+    /// [`Group::pick`] on the REST instances.
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R, exclude: Option<usize>) -> Option<Pick<'_>> {
+        self.rest.pick(rng, exclude)
+    }
+}
+
+// === impl Group ===
+
+impl Group {
     /// Claims an instance, waiting up to `max_queue_wait` when all are at their limit. When
     /// every instance is ejected the answer is immediate.
     pub(crate) async fn acquire(&self) -> Result<Slot, ProxyError> {
@@ -53,13 +85,12 @@ impl Deployment {
         Box::pin(self.acquire_queued()).await
     }
 
-    /// [`Deployment::acquire`] with a queue (or no instance free right now).
+    /// [`Group::acquire`] with a queue (or no instance free right now).
     async fn acquire_queued(&self) -> Result<Slot, ProxyError> {
         if self.instances.is_empty() {
             return Err(ProxyError::NoInstances);
         }
-        let limit = self.settings.max_concurrent_per_instance;
-        let wait = self.settings.max_queue_wait;
+        let (limit, wait) = (self.limit, self.wait);
         let overloaded = || ProxyError::Overloaded {
             limit,
             wait_ms: wait.as_millis() as u64,
@@ -133,7 +164,7 @@ impl Deployment {
     /// less loaded of two random ones; with a limit, another one with room if that one is full.
     /// `None` when no healthy instance has room.
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R, exclude: Option<usize>) -> Option<Pick<'_>> {
-        let limit = self.settings.max_concurrent_per_instance;
+        let limit = self.limit;
         let n = self.instances.len();
         if n == 0 {
             // A host name that has not resolved yet.
@@ -346,11 +377,13 @@ mod tests {
     fn power_of_two_choices_prefers_the_idle_instance() {
         let t = table(TWO);
         let d = &t.deployments[0];
-        let busy: Vec<_> = (0..5).filter_map(|_| d.instances[0].try_claim(0)).collect();
+        let busy: Vec<_> = (0..5)
+            .filter_map(|_| d.rest.instances[0].try_claim(0))
+            .collect();
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..100 {
             let pick = d.pick(&mut rng, None).expect("an instance");
-            assert!(Arc::ptr_eq(pick.instance(), &d.instances[1]));
+            assert!(Arc::ptr_eq(pick.instance(), &d.rest.instances[1]));
         }
         drop(busy);
     }
@@ -366,8 +399,8 @@ mod tests {
         .config;
         let t2 = build(&loaded, Some(&t1), &Metrics::new());
         assert!(Arc::ptr_eq(
-            &t1.deployments[0].instances[1],
-            &t2.deployments[0].instances[1]
+            &t1.deployments[0].rest.instances[1],
+            &t2.deployments[0].rest.instances[1]
         ));
     }
 
@@ -377,13 +410,13 @@ mod tests {
             "traffic: {blue: 100}\ndeployments:\n  blue:\n    instances: [127.0.0.1:9001]\n    request: {max_concurrent_requests_per_instance: 1, max_queue_wait_ms: 200}\n",
         );
         let d = &t.deployments[0];
-        let held = d.acquire().await.unwrap();
+        let held = d.rest.acquire().await.unwrap();
         let start = tokio::time::Instant::now();
-        let err = d.acquire().await.unwrap_err();
+        let err = d.rest.acquire().await.unwrap_err();
         assert!(matches!(err, ProxyError::Overloaded { .. }));
         assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
         drop(held);
-        let again = d.acquire().await.unwrap();
+        let again = d.rest.acquire().await.unwrap();
         assert_eq!(again.instance().in_flight(), 1);
     }
 
@@ -401,27 +434,27 @@ mod tests {
             build(&cfg, prev, &metrics)
         };
         let t1 = compile(file(100, 1), None);
-        let held = t1.deployments[0].acquire().await.unwrap();
+        let held = t1.deployments[0].rest.acquire().await.unwrap();
         // A weight change keeps the queue: the slot held under t1 still counts.
         let t2 = compile(file(50, 1), Some(&t1));
         assert!(matches!(
-            t2.deployments[0].acquire().await,
+            t2.deployments[0].rest.acquire().await,
             Err(ProxyError::Overloaded { .. })
         ));
         // A limit change builds a new queue; the instance's own count still refuses a second
         // request (after the queue wait, without spinning).
         let t3 = compile(file(50, 2), Some(&t2));
-        let second = t3.deployments[0].acquire().await.unwrap();
+        let second = t3.deployments[0].rest.acquire().await.unwrap();
         assert!(matches!(
-            t3.deployments[0].acquire().await,
+            t3.deployments[0].rest.acquire().await,
             Err(ProxyError::Overloaded { .. })
         ));
         assert_eq!(second.instance().in_flight(), 2);
         drop(held);
         drop(second);
-        assert_eq!(t3.deployments[0].instances[0].in_flight(), 0);
-        let a = t3.deployments[0].acquire().await.unwrap();
-        let b = t3.deployments[0].acquire().await.unwrap();
+        assert_eq!(t3.deployments[0].rest.instances[0].in_flight(), 0);
+        let a = t3.deployments[0].rest.acquire().await.unwrap();
+        let b = t3.deployments[0].rest.acquire().await.unwrap();
         assert_eq!(b.instance().in_flight(), 2);
         drop((a, b));
     }
@@ -466,6 +499,7 @@ mod tests {
         };
         let addrs = |t: &Table| -> Vec<(String, Option<String>)> {
             t.deployments[0]
+                .rest
                 .instances
                 .iter()
                 .map(|i| {
@@ -496,16 +530,16 @@ mod tests {
             ["10.0.0.2:80", "10.0.0.3:80", "127.0.0.1:9001"]
         );
         assert!(Arc::ptr_eq(
-            &first.deployments[0].instances[1],
-            &second.deployments[0].instances[0]
+            &first.deployments[0].rest.instances[1],
+            &second.deployments[0].rest.instances[0]
         ));
         assert!(Arc::ptr_eq(
-            &first.deployments[0].instances[2],
-            &second.deployments[0].instances[2]
+            &first.deployments[0].rest.instances[2],
+            &second.deployments[0].rest.instances[2]
         ));
         // A name that never resolved leaves its deployment without instances: no panic, 503.
         let none = compile(&cfg, &Names::default(), None).apply(&m);
-        assert_eq!(none.deployments[0].instances.len(), 1);
+        assert_eq!(none.deployments[0].rest.instances.len(), 1);
         let only_name = parse_str(
             "deployments:\n  blue: {instances: [scoring:80]}\n",
             Path::new("t.yaml"),
@@ -514,10 +548,10 @@ mod tests {
         .config;
         let empty = compile(&only_name, &Names::default(), None).apply(&m);
         let d = &empty.deployments[0];
-        assert!(d.instances.is_empty());
-        assert!(d.try_copy_slot().is_none());
+        assert!(d.rest.instances.is_empty());
+        assert!(d.rest.try_copy_slot().is_none());
         assert!(matches!(
-            block_on(d.acquire()),
+            block_on(d.rest.acquire()),
             Err(ProxyError::NoInstances)
         ));
     }

@@ -13,11 +13,11 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
-use crate::instance::{Conn, Instance, connect};
+use crate::instance::{Conn, H2Pool, Instance, connect};
 
 pub(crate) use failure::{Failure, Fault, classify};
 pub(crate) use headers::{copy_head, strip_hop_by_hop};
-pub(crate) use response::ResponseBody;
+pub(crate) use response::{Held, ResponseBody, grpc_status};
 
 /// A pooled connection idle for this long may have been closed by the instance while we were
 /// sending: such a request is prepared so that it can be sent again.
@@ -69,6 +69,52 @@ pub(crate) type Pending = Option<Box<Request<RequestBody>>>;
 /// it comes back unsent, so after [`Failure::Connect`] it is there for another instance. It is
 /// borrowed rather than moved in so that the request's future holds it once, not once per layer.
 pub(crate) async fn send(
+    instance: &Instance,
+    pending: &mut Pending,
+) -> Result<(Response<Incoming>, Held), Failure> {
+    match instance.h2() {
+        // Boxed: a REST request's future does not grow by the HTTP/2 path's state.
+        Some(h2) => Box::pin(send_h2(h2, instance.addr(), pending)).await,
+        None => send_h1(instance, pending)
+            .await
+            .map(|(resp, conn)| (resp, Held::H1(conn))),
+    }
+}
+
+/// Sends the request in `pending` on a stream of one of the instance's HTTP/2 connections. A
+/// connection that closed or went away before taking the stream (the request comes back
+/// unsent) is dropped and the request tried once more on another.
+async fn send_h2(
+    h2: &H2Pool,
+    addr: &InstanceAddr,
+    pending: &mut Pending,
+) -> Result<(Response<Incoming>, Held), Failure> {
+    for _ in 0..2 {
+        let lease = h2.lease(addr).await.map_err(Failure::Connect)?;
+        let mut sender = lease.sender();
+        if sender.ready().await.is_err() {
+            h2.discard(&lease);
+            continue;
+        }
+        let req = take(pending)?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, Held::H2(lease))),
+            Err(mut e) => match e.take_message() {
+                Some(r) => {
+                    *pending = Some(Box::new(r));
+                    h2.discard(&lease);
+                }
+                None => return Err(Failure::Broken(e.into_error())),
+            },
+        }
+    }
+    Err(Failure::Connect(std::io::Error::other(
+        "the instance's HTTP/2 connections closed before taking the call",
+    )))
+}
+
+/// [`send`] to a REST instance, over HTTP/1.1.
+async fn send_h1(
     instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {

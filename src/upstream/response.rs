@@ -11,7 +11,27 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::instance::{Conn, Slot};
+use std::sync::Arc;
+
+use crate::instance::{Conn, Lease, Slot};
+use crate::metrics::DeploymentMetrics;
+
+/// The connection an answer arrives on, held until it has streamed.
+pub(crate) enum Held {
+    /// An HTTP/1.1 connection, back to the pool when the answer is complete.
+    H1(Conn),
+    /// A stream of an HTTP/2 connection, given back when the lease is dropped.
+    H2(#[allow(dead_code)] Lease),
+}
+
+impl Held {
+    /// The exchange completed: an HTTP/1.1 connection goes back to `slot`'s pool.
+    pub(crate) fn release(self, slot: &Slot) {
+        if let Held::H1(conn) = self {
+            slot.instance().pool().checkin(conn);
+        }
+    }
+}
 
 /// Why a response body was cut off.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +43,11 @@ pub(crate) struct BodyStalled(pub Duration);
 pub(crate) struct UpstreamBody {
     body: Incoming,
     slot: Option<Slot>,
-    conn: Option<Conn>,
+    conn: Option<Held>,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// For a gRPC call whose status comes in the trailers: where to count it.
+    grpc: Option<Arc<DeploymentMetrics>>,
 }
 
 impl Drop for UpstreamBody {
@@ -57,13 +79,21 @@ impl ResponseBody {
         ResponseBody::Full(Some(bytes))
     }
 
-    pub(crate) fn upstream(body: Incoming, slot: Slot, conn: Conn, idle: Duration) -> Self {
+    /// An instance's answer; `grpc`: count the gRPC status of its trailers there.
+    pub(crate) fn upstream(
+        body: Incoming,
+        slot: Slot,
+        conn: Held,
+        idle: Duration,
+        grpc: Option<Arc<DeploymentMetrics>>,
+    ) -> Self {
         ResponseBody::Upstream(UpstreamBody {
             body,
             slot: Some(slot),
             conn: Some(conn),
             idle,
             timer: None,
+            grpc,
         })
     }
 }
@@ -72,7 +102,11 @@ impl UpstreamBody {
     /// The answer is complete: the connection goes back to the pool, the slot is freed.
     fn finish(&mut self) {
         if let (Some(slot), Some(conn)) = (self.slot.take(), self.conn.take()) {
-            slot.instance().pool().checkin(conn);
+            conn.release(&slot);
+        }
+        // A gRPC answer that ended without a status.
+        if let Some(m) = self.grpc.take() {
+            m.grpc_status(GRPC_UNKNOWN);
         }
     }
 
@@ -82,7 +116,27 @@ impl UpstreamBody {
         if let Some(slot) = self.slot.take() {
             slot.instance().record_failure();
         }
+        if let Some(m) = self.grpc.take() {
+            m.grpc_status(GRPC_UNAVAILABLE);
+        }
     }
+
+    /// Counts the gRPC status of a call's trailers.
+    fn trailers(&mut self, frame: &Frame<Bytes>) {
+        if let Some(trailers) = frame.trailers_ref()
+            && let Some(m) = self.grpc.take()
+        {
+            m.grpc_status(grpc_status(trailers).unwrap_or(GRPC_UNKNOWN));
+        }
+    }
+}
+
+const GRPC_UNKNOWN: u32 = 2;
+const GRPC_UNAVAILABLE: u32 = 14;
+
+/// The `grpc-status` of a response's headers or trailers.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 impl Body for ResponseBody {
@@ -101,6 +155,9 @@ impl Body for ResponseBody {
         };
         match Pin::new(&mut up.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if up.grpc.is_some() {
+                    up.trailers(&frame);
+                }
                 if up.body.is_end_stream() {
                     // The last frame: the server may not poll again, so finish now.
                     up.finish();
