@@ -1,0 +1,334 @@
+//! gRPC through the proxy, end to end: real tonic model servers (the Open Inference Protocol's
+//! `inference.GRPCInferenceService`) as gRPC instances, the real binary, and a tonic client on
+//! one HTTP/2 connection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use common::*;
+use scoregate::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use scoregate::grpc::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use scoregate::grpc::*;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// A model server that names itself in every answer and can be slowed down.
+#[derive(Clone)]
+struct Model {
+    name: String,
+    delay: Duration,
+}
+
+fn answer(name: &str, req: &ModelInferRequest) -> ModelInferResponse {
+    let mut parameters = std::collections::HashMap::new();
+    parameters.insert(
+        "deployment".to_string(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(name.into())),
+        },
+    );
+    ModelInferResponse {
+        model_name: req.model_name.clone(),
+        id: req.id.clone(),
+        parameters,
+        ..Default::default()
+    }
+}
+
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<ModelInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Model {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: true }))
+    }
+    async fn model_ready(
+        &self,
+        _: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        Ok(Response::new(ModelReadyResponse { ready: true }))
+    }
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse::default()))
+    }
+    async fn model_metadata(
+        &self,
+        _: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        Err(Status::not_found("no metadata here"))
+    }
+    async fn model_infer(
+        &self,
+        req: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        tokio::time::sleep(self.delay).await;
+        Ok(Response::new(answer(&self.name, req.get_ref())))
+    }
+    type ModelStreamInferStream = AnswerStream;
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let name = self.name.clone();
+        let mut input = req.into_inner();
+        let output = async_stream(move |tx| async move {
+            while let Some(Ok(r)) = input.next().await {
+                if tx.send(Ok(answer(&name, &r))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(output))
+    }
+}
+
+/// A stream fed by a task through a channel.
+fn async_stream<F, Fut>(f: F) -> AnswerStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<ModelInferResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Starts a model server on a free port; it runs until the test's runtime ends.
+async fn model_server(name: &str, delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = GrpcInferenceServiceServer::new(Model {
+        name: name.into(),
+        delay,
+    });
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    addr
+}
+
+/// One client connection to the proxy.
+async fn client(proxy: &Proc) -> GrpcInferenceServiceClient<Channel> {
+    GrpcInferenceServiceClient::connect(format!("http://{}", proxy.addr))
+        .await
+        .expect("connect to the proxy")
+}
+
+fn infer() -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "scorer".into(),
+        id: "call-1".into(),
+        ..Default::default()
+    }
+}
+
+/// The deployment that answered: the proxy's `x-deployment` metadata, checked against the
+/// model server's own word.
+fn answered_by(resp: &Response<ModelInferResponse>) -> String {
+    let meta = resp
+        .metadata()
+        .get("x-deployment")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
+    let own = match resp.get_ref().parameters.get("deployment") {
+        Some(InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(s)),
+        }) => s.clone(),
+        _ => "unknown".into(),
+    };
+    assert_eq!(meta, own, "x-deployment says {meta}, the server says {own}");
+    meta
+}
+
+fn file(blue: SocketAddr, green: SocketAddr, b: u8, g: u8, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{extra}traffic: {{blue: {b}, green: {g}}}\ndeployments:\n  blue:\n    grpc_instances: [{blue}]\n  green:\n    grpc_instances: [{green}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_on_one_connection_is_routed_on_its_own_and_pinned_by_metadata() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let proxy = Proc::proxy(&file(blue, green, 50, 50, ""));
+    let mut c = client(&proxy).await;
+    let mut counts = [0usize; 2];
+    for _ in 0..400 {
+        let resp = c.model_infer(infer()).await.expect("call");
+        assert_eq!(resp.get_ref().id, "call-1");
+        match answered_by(&resp).as_str() {
+            "blue" => counts[0] += 1,
+            "green" => counts[1] += 1,
+            other => panic!("answered by {other}"),
+        }
+    }
+    // 1 degree of freedom, p = 0.001: 10.83.
+    assert!(chi_square(&counts, &[50.0, 50.0]) < 10.83, "{counts:?}");
+    // The pin, as gRPC metadata, wins on the same connection; also for a 0% deployment.
+    let proxy0 = Proc::proxy(&file(blue, green, 100, 0, ""));
+    let mut c0 = client(&proxy0).await;
+    for _ in 0..20 {
+        let mut req = tonic::Request::new(infer());
+        req.metadata_mut()
+            .insert("x-api-version", "green".parse().expect("value"));
+        let resp = c0.model_infer(req).await.expect("pinned call");
+        assert_eq!(answered_by(&resp), "green");
+        let resp = c0.model_infer(infer()).await.expect("call");
+        assert_eq!(answered_by(&resp), "blue");
+    }
+    let text = proxy0.metrics().await;
+    assert!(
+        text.contains("scoregate_grpc_responses_total{deployment=\"green\",grpc_code=\"OK\"} 20"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_answered_in_grpc_with_their_status() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::from_millis(500)).await;
+    let rest = Backend::start("rest").await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic: {{blue: 100, green: 0}}\ndeployments:\n  blue:\n    grpc_instances: [{blue}]\n  green:\n    grpc_instances: [{green}]\n    request: {{request_timeout_ms: 2000}}\n  rest-only:\n    instances: [{}]\n  gone:\n    grpc_instances: [{}]\n",
+        rest.addr,
+        dead_addr()
+    );
+    let proxy = Proc::proxy(&yaml);
+    let mut c = client(&proxy).await;
+    let call = |pin: Option<&str>, timeout: Option<Duration>| {
+        let mut req = tonic::Request::new(infer());
+        if let Some(p) = pin {
+            req.metadata_mut()
+                .insert("x-api-version", p.parse().expect("value"));
+        }
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        req
+    };
+    let status = c
+        .model_infer(call(Some("purple"), None))
+        .await
+        .expect_err("unknown pin");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("unknown deployment \"purple\""),
+        "{}",
+        status.message()
+    );
+    let status = c
+        .model_infer(call(Some("rest-only"), None))
+        .await
+        .expect_err("no grpc_instances");
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(
+        status.message().contains("rest-only"),
+        "{}",
+        status.message()
+    );
+    let status = c
+        .model_infer(call(Some("gone"), None))
+        .await
+        .expect_err("unreachable");
+    assert_eq!(status.code(), Code::Unavailable);
+    // The client's deadline (grpc-timeout) is shorter than request_timeout_ms: it wins.
+    let started = std::time::Instant::now();
+    let status = c
+        .model_infer(call(Some("green"), Some(Duration::from_millis(150))))
+        .await
+        .expect_err("deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(450));
+    // The connection still serves: a good call after all of that.
+    let resp = c.model_infer(call(None, None)).await.expect("call");
+    assert_eq!(answered_by(&resp), "blue");
+    // REST on the same listener still goes to REST instances; a REST call to a gRPC-only
+    // deployment is refused as not served.
+    let http = common::client();
+    let a = get(
+        &http,
+        &proxy.url("/score"),
+        &[("x-api-version", "rest-only")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = get(&http, &proxy.url("/score"), &[("x-api-version", "blue")]).await;
+    assert_eq!(a.status, 501, "{:?}", a.body);
+    let text = proxy.metrics().await;
+    for series in [
+        "scoregate_grpc_responses_total{deployment=\"none\",grpc_code=\"INVALID_ARGUMENT\"} 1",
+        "scoregate_grpc_responses_total{deployment=\"rest-only\",grpc_code=\"UNIMPLEMENTED\"} 1",
+        "scoregate_grpc_responses_total{deployment=\"gone\",grpc_code=\"UNAVAILABLE\"} 1",
+        "scoregate_grpc_responses_total{deployment=\"blue\",grpc_code=\"OK\"} 1",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_stream_answers_each_message_before_the_client_closes() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let proxy = Proc::proxy(&file(blue, green, 0, 100, ""));
+    let mut c = client(&proxy).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(infer()).await.expect("send");
+    let resp = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream");
+    assert_eq!(
+        resp.metadata()
+            .get("x-deployment")
+            .and_then(|v| v.to_str().ok()),
+        Some("green")
+    );
+    let mut answers = resp.into_inner();
+    for i in 0..5 {
+        // The answer to message i arrives while the client's stream is still open.
+        let a = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await
+            .expect("an answer before the stream ends")
+            .expect("a message")
+            .expect("ok");
+        assert_eq!(a.id, format!("call-{}", i + 1));
+        let mut next = infer();
+        next.id = format!("call-{}", i + 2);
+        tx.send(next).await.expect("send");
+    }
+    drop(tx);
+    let mut rest = 0;
+    while let Some(a) = answers.next().await {
+        a.expect("ok");
+        rest += 1;
+    }
+    assert_eq!(rest, 1);
+}
