@@ -1,7 +1,8 @@
 //! Layer 6 (tools): `scoregate rollout`, a staged canary driven from outside the data path. Each step rewrites
 //! the endpoint file's weights (`ops`), waits for the running proxy to apply them (admin
 //! `/config`), watches the step's window through the admin `/metrics` and judges the target
-//! deployment's 5xx ratio and p99 latency from counter and histogram deltas. A breach, a window
+//! deployment's error ratio (HTTP 5xx, and gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
+//! INTERNAL, UNAVAILABLE, DATA_LOSS) and p99 latency from counter and histogram deltas. A breach, a window
 //! with too little traffic, a "no" at `--confirm` or Ctrl-C restores the weights from before the
 //! rollout.
 
@@ -98,7 +99,9 @@ fn parse_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
     Some((name, map, value))
 }
 
-/// The target's requests, 5xx answers and latency buckets in a `/metrics` text.
+/// The target's requests, failed answers (HTTP 5xx, and gRPC calls whose status means the
+/// server failed: a gRPC answer's HTTP status is always 200) and latency buckets in a
+/// `/metrics` text.
 fn sample(text: &str, deployment: &str) -> Sample {
     let mut s = Sample::default();
     for line in text.lines().filter(|l| l.starts_with("scoregate_")) {
@@ -112,6 +115,16 @@ fn sample(text: &str, deployment: &str) -> Sample {
             "scoregate_requests_total" => {
                 s.requests += value as u64;
                 if labels.get("code").is_some_and(|c| c.starts_with('5')) {
+                    s.errors += value as u64;
+                }
+            }
+            "scoregate_grpc_responses_total" => {
+                let failed = labels.get("grpc_code").is_some_and(|c| {
+                    crate::metrics::GRPC_SERVER_FAILURES
+                        .iter()
+                        .any(|&i| crate::metrics::GRPC_CODES[i as usize] == *c)
+                });
+                if failed {
                     s.errors += value as u64;
                 }
             }
@@ -444,6 +457,11 @@ mod tests {
 scoregate_requests_total{code="200",deployment="green",pinned="false"} 90
 scoregate_requests_total{code="503",deployment="green",pinned="false"} 10
 scoregate_requests_total{code="200",deployment="blue",pinned="false"} 1000
+scoregate_requests_total{code="200",deployment="teal",pinned="false"} 50
+scoregate_grpc_responses_total{deployment="teal",grpc_code="OK"} 40
+scoregate_grpc_responses_total{deployment="teal",grpc_code="NOT_FOUND"} 4
+scoregate_grpc_responses_total{deployment="teal",grpc_code="UNAVAILABLE"} 5
+scoregate_grpc_responses_total{deployment="teal",grpc_code="INTERNAL"} 1
 scoregate_request_duration_seconds_bucket{deployment="green",le="0.1"} 50
 scoregate_request_duration_seconds_bucket{deployment="green",le="1"} 100
 scoregate_request_duration_seconds_bucket{deployment="green",le="+Inf"} 100
@@ -461,5 +479,9 @@ scoregate_request_duration_seconds_bucket{deployment="green",le="+Inf"} 100
         assert!((p99.unwrap() - 982.0).abs() < 1e-6, "{p99:?}");
         let (n, _, p99) = window(&s, &s);
         assert_eq!((n, p99), (0, None));
+        // gRPC: every answer is HTTP 200; UNAVAILABLE and INTERNAL are the server's failures,
+        // NOT_FOUND is the caller's.
+        let g = sample(TEXT, "teal");
+        assert_eq!((g.requests, g.errors), (50, 6));
     }
 }
