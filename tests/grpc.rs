@@ -332,3 +332,34 @@ async fn a_bidirectional_stream_answers_each_message_before_the_client_closes() 
     }
     assert_eq!(rest, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_request_over_http2_is_forwarded_over_http1_with_its_host() {
+    let blue = Backend::start("blue").await;
+    let proxy = Proc::proxy(
+        &EndpointFile::new()
+            .deployment("blue", &[blue.addr], Some(100))
+            .yaml(),
+    );
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::get("http://scoring.example:8080/score")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-deployment"], "blue");
+    }
+    let seen = blue.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].headers["host"], "scoring.example:8080");
+}
