@@ -286,23 +286,59 @@ pub(crate) async fn run(path: &Path, drain: Duration) -> Result<(), AppError> {
     Ok(())
 }
 
-/// `scoregate score-server`.
-pub(crate) async fn score_server(server: ScoreServer, addr: SocketAddr) -> Result<(), AppError> {
+/// `scoregate score-server`: REST on `addr`, and gRPC on `grpc_addr` when given.
+pub(crate) async fn score_server(
+    server: ScoreServer,
+    addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+) -> Result<(), AppError> {
     let listener = bind("scoring server", addr).await?;
+    let grpc = match grpc_addr {
+        Some(a) => Some((bind("gRPC scoring server", a).await?, a)),
+        None => None,
+    };
     let local = listener.local_addr().unwrap_or(addr);
+    // The REST line first: tests wait for it and read its address.
     tracing::info!(
         addr = %local,
         deployment = %server.name,
         model = server.model.name(),
         "scoring server listening"
     );
-    tokio::spawn(server.serve(listener));
+    let grpc = grpc.map(|(listener, a)| {
+        tracing::info!(
+            addr = %listener.local_addr().unwrap_or(a),
+            deployment = %server.name,
+            model = server.model.name(),
+            "gRPC scoring server listening"
+        );
+        listener
+    });
+    tokio::spawn(server.serve(Some(listener), grpc));
     wait_for_shutdown().await;
     Ok(())
 }
 
+/// The listener of a demo scoring server on `inst`, or none when `inst` is a host name.
+async fn demo_listener(
+    what: &'static str,
+    inst: Option<&crate::addr::InstanceAddr>,
+) -> Result<Option<TcpListener>, AppError> {
+    let Some(inst) = inst else {
+        return Ok(None);
+    };
+    match inst.socket_addr() {
+        Some(addr) => bind(what, addr).await.map(Some),
+        None => {
+            tracing::warn!(instance = %inst, "demo starts scoring servers only on IP:PORT instances");
+            Ok(None)
+        }
+    }
+}
+
 /// `scoregate demo`: scoring servers for every instance of the file (`blue` runs model v1,
-/// `green` v2, other deployments alternate by position), then the proxy.
+/// `green` v2, other deployments alternate by position), REST on `instances` and gRPC on
+/// `grpc_instances` (the n-th of each share one server), then the proxy.
 pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
     let loaded = config::load_file(&path)?;
     for (i, d) in loaded.config.deployments.iter().enumerate() {
@@ -312,22 +348,19 @@ pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError>
             _ if i % 2 == 0 => Model::V1,
             _ => Model::V2,
         };
-        for inst in &d.instances {
-            let addr: SocketAddr = match inst.socket_addr() {
-                Some(a) => a,
-                None => {
-                    tracing::warn!(instance = %inst, "demo starts scoring servers only on IP:PORT instances");
-                    continue;
-                }
-            };
-            let listener = bind("demo scoring server", addr).await?;
+        for n in 0..d.instances.len().max(d.grpc_instances.len()) {
+            let rest = demo_listener("demo scoring server", d.instances.get(n)).await?;
+            let grpc = demo_listener("demo gRPC scoring server", d.grpc_instances.get(n)).await?;
+            if rest.is_none() && grpc.is_none() {
+                continue;
+            }
             let server = ScoreServer {
                 name: d.name.clone(),
                 model,
                 delay: Duration::ZERO,
                 error_rate: 0.0,
             };
-            tokio::spawn(server.serve(listener));
+            tokio::spawn(server.serve(rest, grpc));
         }
     }
     let running = start(&path, drain).await?;
@@ -341,26 +374,41 @@ pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError>
         .collect();
     let pinned = names.get(1).or(names.first()).copied().unwrap_or("green");
     println!(
-        "\nscoregate demo is running: {} scoring servers behind {url}\n\n{}\nTry:\n  \
+        "\nscoregate demo is running: {} behind {url}\n\n{}\nTry:\n  \
          curl {url}/score\n  \
          curl -H '{pin}: {pinned}' {url}/score\n  \
          curl -X POST -H 'content-type: application/json' -d '{{\"data\": [[1,2,3,4,5,6,7,8,9,10]]}}' {url}/score\n  \
-         load-test/load_test.sh 20 {url}/score\n\n\
+         curl -X POST -H 'content-type: application/json' -d '{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,3],\"datatype\":\"FP64\",\"data\":[1,2,3]}}]}}' {url}/v2/models/{model}/infer\n  \
+         load-test/load_test.sh 20 {url}/score\n  \
+         scoregate load --grpc {url} --duration 2s\n\n\
          Edit {file} (or copy a config/step-*.yaml over it) and traffic follows within a second;\n\
          status page: http://{admin}/   metrics: http://{admin}/metrics\n\nCtrl-C stops the demo.",
-        loaded
-            .config
-            .deployments
-            .iter()
-            .map(|d| d.instances.len())
-            .sum::<usize>(),
+        servers_text(&loaded.config),
         traffic_table(&loaded.config),
         file = path.display(),
         admin = running.admin_listen,
+        model = crate::scoring::MODEL_NAME,
     );
     wait_for_shutdown().await;
     running.shutdown().await;
     Ok(())
+}
+
+/// The demo's scoring servers, like `4 scoring servers (4 REST and 4 gRPC listeners)`.
+fn servers_text(cfg: &EndpointConfig) -> String {
+    let count = |f: fn(&config::DeploymentConfig) -> usize| -> usize {
+        cfg.deployments.iter().map(f).sum()
+    };
+    let servers = count(|d| d.instances.len().max(d.grpc_instances.len()));
+    let (rest, grpc) = (
+        count(|d| d.instances.len()),
+        count(|d| d.grpc_instances.len()),
+    );
+    if grpc == 0 {
+        format!("{servers} scoring servers")
+    } else {
+        format!("{servers} scoring servers ({rest} REST and {grpc} gRPC listeners)")
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -76,39 +76,53 @@ enum Command {
     },
     /// Send sustained load to a URL and report throughput, latency and the split.
     Load {
-        /// The endpoint, like http://127.0.0.1:8080/score.
+        /// The endpoint, like http://127.0.0.1:8080/score; with --grpc the server, like
+        /// http://127.0.0.1:8080.
         url: String,
         /// How long, like 30s.
         #[arg(long, default_value = "10s", value_parser = crate::rollout::parse_duration)]
         duration: Duration,
-        /// Clients sending at once.
+        /// Requests in flight at once (REST: each on its own keep-alive connection).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
         /// Pin every request to this deployment (x-api-version).
         #[arg(long)]
         pin: Option<String>,
-        /// Extra header, `name: value` (repeatable).
+        /// Extra header, `name: value` (repeatable); gRPC metadata with --grpc.
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
         /// POST this JSON body instead of GET.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "grpc")]
         data: Option<String>,
+        /// Send Open Inference Protocol ModelInfer RPCs (model `scorer`, one row of 10 FP64
+        /// features) over HTTP/2 instead of REST requests.
+        #[arg(long)]
+        grpc: bool,
+        /// With --grpc: HTTP/2 connections the RPCs in flight share.
+        #[arg(long, default_value = "1", value_parser = parse_count, requires = "grpc")]
+        connections: usize,
     },
     /// Run one built-in scoring server.
     ScoreServer {
         /// The deployment this server belongs to (reported in every answer).
         #[arg(long)]
         name: String,
-        /// Address to listen on (port 0 picks a free port, logged at start).
+        /// Address to listen on, REST over HTTP/1.1 (port 0 picks a free port, logged at
+        /// start).
         #[arg(long)]
         listen: SocketAddr,
+        /// Address to serve the Open Inference Protocol's gRPC service on, too (port 0 picks
+        /// a free port, logged at start).
+        #[arg(long)]
+        grpc_listen: Option<SocketAddr>,
         /// Model version.
         #[arg(long, value_enum, default_value_t = Model::V1)]
         model: Model,
-        /// Delay before every /score answer, in milliseconds.
+        /// Delay before every /score and inference answer (REST and gRPC), in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
-        /// Share of /score requests answered with 500 (0.0 to 1.0).
+        /// Share of /score and inference requests that fail, REST with 500, gRPC with
+        /// INTERNAL (0.0 to 1.0).
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         error_rate: f64,
     },
@@ -126,6 +140,13 @@ fn parse_header(h: &str) -> Result<(http::HeaderName, http::HeaderValue), String
             .parse()
             .map_err(|_| format!("`{v}` is not a header value"))?,
     ))
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a count of 1 or more")),
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -198,6 +219,7 @@ pub fn main() -> ExitCode {
             Command::ScoreServer {
                 name,
                 listen,
+                grpc_listen,
                 model,
                 delay_ms,
                 error_rate,
@@ -208,7 +230,7 @@ pub fn main() -> ExitCode {
                     delay: Duration::from_millis(delay_ms),
                     error_rate,
                 };
-                app::exit(app::score_server(server, listen).await)
+                app::exit(app::score_server(server, listen, grpc_listen).await)
             }
             Command::Rollout { path, opts } => app::rollout(&path, &opts).await,
             Command::Load {
@@ -218,6 +240,8 @@ pub fn main() -> ExitCode {
                 pin,
                 headers,
                 data,
+                grpc,
+                connections,
             } => {
                 let headers = match load_headers(pin, &headers) {
                     Ok(h) => h,
@@ -232,6 +256,8 @@ pub fn main() -> ExitCode {
                     concurrency,
                     headers,
                     body: data.map(bytes::Bytes::from),
+                    grpc,
+                    connections,
                 })
                 .await
             }

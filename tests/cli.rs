@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http::StatusCode;
+use http::{Request, StatusCode};
 
 #[test]
 fn check_prints_the_traffic_table_and_exits_0() {
@@ -245,4 +245,65 @@ fn check_shows_sticky_mirror_and_auth() {
     );
     assert!(out.contains("auth: key (2 keys from "), "{out}");
     assert!(!out.contains("secret-key"), "a key was printed: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_v2_protocol_on_rest_and_grpc_instances() {
+    use scoregate::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use scoregate::grpc::infer_parameter::ParameterChoice;
+    use scoregate::grpc::model_infer_request::InferInputTensor;
+    use scoregate::grpc::{InferTensorContents, ModelInferRequest};
+
+    // blue: REST and gRPC paired, one more gRPC; green: gRPC only.
+    let (b1, bg1, bg2, gg1) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let file = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic:\n  blue: 100\ndeployments:\n  blue:\n    instances: [{b1}]\n    grpc_instances: [{bg1}, {bg2}]\n  green:\n    grpc_instances: [{gg1}]\n"
+    );
+    let (_dir, path) = temp_file("demo.yaml", &file);
+    let _demo = Proc::spawn(
+        &["demo", "--config", path.to_str().unwrap()],
+        "data plane listening",
+    );
+    let req = Request::post(format!("http://{b1}/v2/models/scorer/infer"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP64","data":[1,2,3]}]}"#,
+        )))
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["outputs"][0]["data"][0], 4.0);
+    for (addr, deployment, version, want) in [
+        (bg1, "blue", "v1", 4.0),
+        (bg2, "blue", "v1", 4.0),
+        (gg1, "green", "v2", 0.8 + 0.55 * 6.0),
+    ] {
+        let mut c = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let r = c
+            .model_infer(ModelInferRequest {
+                model_name: "scorer".into(),
+                inputs: vec![InferInputTensor {
+                    name: "input".into(),
+                    datatype: "FP64".into(),
+                    shape: vec![1, 3],
+                    contents: Some(InferTensorContents {
+                        fp64_contents: vec![1.0, 2.0, 3.0],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model_version, version);
+        assert_eq!(
+            r.parameters["deployment"].parameter_choice,
+            Some(ParameterChoice::StringParam(deployment.into()))
+        );
+        let p = r.outputs[0].contents.as_ref().unwrap().fp64_contents[0];
+        assert!((p - want).abs() < 1e-9, "{addr}: {p}");
+    }
 }

@@ -593,6 +593,20 @@ impl Proc {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// The `addr=` of the first log line containing `needle` (waiting up to 3 s for it), like
+    /// the gRPC listener of `score-server --grpc-listen`.
+    pub fn logged_addr(&self, needle: &str) -> SocketAddr {
+        self.wait_log(needle);
+        let log = self.log();
+        log.lines()
+            .filter(|l| l.contains(needle))
+            .find_map(|l| {
+                let i = l.find("addr=")?;
+                l[i + 5..].split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no addr= on a line with {needle:?}:\n{log}"))
+    }
 }
 
 impl Drop for Proc {
