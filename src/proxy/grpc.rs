@@ -17,19 +17,12 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether a request is a gRPC call: `content-type: application/grpc` or `application/grpc+…`.
 pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .map(HeaderValue::as_bytes)
-        .and_then(|ct| ct.get(..16))
-        .is_some_and(|ct| {
-            ct.eq_ignore_ascii_case(b"application/grpc")
-                && matches!(
-                    headers
-                        .get(header::CONTENT_TYPE)
-                        .map(|v| v.as_bytes().get(16)),
-                    Some(None | Some(b'+' | b';'))
-                )
-        })
+    let Some(ct) = headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes) else {
+        return false;
+    };
+    ct.len() >= 16
+        && ct[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(ct.get(16), None | Some(b'+' | b';'))
 }
 
 /// Prepares a call's head for an HTTP/2 instance (after the hop-by-hop headers were removed):

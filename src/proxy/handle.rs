@@ -207,9 +207,10 @@ fn prepare(
         .map_err(|e| (e, None))?;
     let (mut parts, body) = req.into_parts();
     // A request that came over HTTP/2 names its host in the target, not in `Host`.
+    // (An HTTP/1.1 request's target is in origin form: no authority, no lookup.)
     if !grpc
-        && !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, v);

@@ -186,30 +186,21 @@ pub(crate) async fn serve(
         let mut stop = shutdown.clone();
         let timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let serve = async {
-                let h2_preface = tokio::select! {
-                    found = detect(&stream) => found,
-                    _ = stop.wait_for(|stop| *stop) => return Ok(()),
-                };
-                match h2_preface {
-                    Ok(Some(true)) => {
-                        let conn = h2.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn).await
-                    }
-                    Ok(Some(false)) => {
-                        let conn = h1.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn).await
-                    }
-                    Ok(None) | Err(_) => Ok(()),
-                }
+            let preface = tokio::select! {
+                found = detect(&stream) => found,
+                _ = stop.wait_for(|stop| *stop) => return,
+                () = quiet_watchdog(&activity, timeout) => return,
             };
-            tokio::select! {
-                done = serve => if let Err(e) = done {
-                    tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
-                },
-                () = quiet_watchdog(&activity, timeout) => {
-                    tracing::debug!(client = %remote, ?timeout, "no complete request in time; connection closed");
+            match preface {
+                Ok(Some(true)) => {
+                    let conn = watcher.watch(h2.serve_connection(TokioIo::new(stream), service));
+                    until_quiet(conn, &activity, timeout, remote).await;
                 }
+                Ok(Some(false)) => {
+                    let conn = watcher.watch(h1.serve_connection(TokioIo::new(stream), service));
+                    until_quiet(conn, &activity, timeout, remote).await;
+                }
+                Ok(None) | Err(_) => {}
             }
         });
     }
@@ -220,6 +211,23 @@ pub(crate) async fn serve(
         Ok(()) => tracing::info!("all requests finished"),
         Err(_) => {
             tracing::warn!(drain = ?drain, "drain deadline passed; closing the remaining connections")
+        }
+    }
+}
+
+/// Serves a client connection until it ends or its watchdog finds it quiet for `timeout`.
+async fn until_quiet<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    activity: &Activity,
+    timeout: Duration,
+    remote: SocketAddr,
+) {
+    tokio::select! {
+        done = conn => if let Err(e) = done {
+            tracing::debug!(client = %remote, error = %e, "client connection ended with an error");
+        },
+        () = quiet_watchdog(activity, timeout) => {
+            tracing::debug!(client = %remote, ?timeout, "no complete request in time; connection closed");
         }
     }
 }
