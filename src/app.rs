@@ -59,18 +59,45 @@ pub(crate) fn traffic_table(cfg: &EndpointConfig) -> String {
         .max()
         .unwrap_or(0)
         .max("deployment".len());
-    out.push_str(&format!("{:<width$}  weight  instances\n", "deployment"));
-    for d in &cfg.deployments {
+    let list = |l: &[crate::addr::InstanceAddr]| {
+        l.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    let grpc = cfg.deployments.iter().any(|d| !d.grpc_instances.is_empty());
+    // With gRPC instances, a second column; the REST column keeps its width.
+    let rest_width = cfg
+        .deployments
+        .iter()
+        .map(|d| list(&d.instances).len())
+        .max()
+        .unwrap_or(0)
+        .max("instances".len());
+    if grpc {
         out.push_str(&format!(
-            "{:<width$}  {:>5}%  {}\n",
-            d.name,
-            d.weight,
-            d.instances
-                .iter()
-                .map(|i| i.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "{:<width$}  weight  {:<rest_width$}  grpc_instances\n",
+            "deployment", "instances"
         ));
+    } else {
+        out.push_str(&format!("{:<width$}  weight  instances\n", "deployment"));
+    }
+    for d in &cfg.deployments {
+        let rest = if d.instances.is_empty() {
+            "-".to_string()
+        } else {
+            list(&d.instances)
+        };
+        if grpc {
+            let g = if d.grpc_instances.is_empty() {
+                "-".to_string()
+            } else {
+                list(&d.grpc_instances)
+            };
+            out.push_str(&format!(
+                "{:<width$}  {:>5}%  {rest:<rest_width$}  {g}\n",
+                d.name, d.weight
+            ));
+        } else {
+            out.push_str(&format!("{:<width$}  {:>5}%  {rest}\n", d.name, d.weight));
+        }
     }
     if cfg.total_weight() == 0 {
         out.push_str("no deployment takes unpinned traffic: such requests get 503\n");
