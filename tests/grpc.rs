@@ -18,7 +18,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-/// A model server that names itself in every answer and can be slowed down.
+/// A model server that names itself in every answer and can be slowed down. A `name` of
+/// `deployment/server` also names the server, as the answer's model version.
 #[derive(Clone)]
 struct Model {
     name: String,
@@ -26,6 +27,7 @@ struct Model {
 }
 
 fn answer(name: &str, req: &ModelInferRequest) -> ModelInferResponse {
+    let (name, server) = name.split_once('/').unwrap_or((name, ""));
     let mut parameters = std::collections::HashMap::new();
     parameters.insert(
         "deployment".to_string(),
@@ -35,6 +37,7 @@ fn answer(name: &str, req: &ModelInferRequest) -> ModelInferResponse {
     );
     ModelInferResponse {
         model_name: req.model_name.clone(),
+        model_version: server.into(),
         id: req.id.clone(),
         parameters,
         ..Default::default()
@@ -113,6 +116,17 @@ where
 
 /// Starts a model server on a free port; it runs until the test's runtime ends.
 async fn model_server(name: &str, delay: Duration) -> SocketAddr {
+    let (addr, stop) = stoppable_model_server(name, delay).await;
+    std::mem::forget(stop);
+    addr
+}
+
+/// A model server that shuts down gracefully (GOAWAY, calls in flight finish) when the sender
+/// is used or dropped.
+async fn stoppable_model_server(
+    name: &str,
+    delay: Duration,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -121,14 +135,44 @@ async fn model_server(name: &str, delay: Duration) -> SocketAddr {
         name: name.into(),
         delay,
     });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let _ = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            })
             .await;
     });
-    addr
+    (addr, tx)
+}
+
+/// Calls ModelInfer in a loop on one connection until `stop`, counting failures and the
+/// deployment (or server) that answered each call.
+fn call_loop(
+    mut c: GrpcInferenceServiceClient<Channel>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<Status>)> {
+    tokio::spawn(async move {
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match c.model_infer(infer()).await {
+                Ok(resp) => {
+                    let by = answered_by(&resp);
+                    let server = &resp.get_ref().model_version;
+                    answered.push(if server.is_empty() {
+                        by
+                    } else {
+                        format!("{by}/{server}")
+                    });
+                }
+                Err(s) => failed.push(s),
+            }
+        }
+        (answered, failed)
+    })
 }
 
 /// One client connection to the proxy.
@@ -362,4 +406,63 @@ async fn a_rest_request_over_http2_is_forwarded_over_http1_with_its_host() {
     let seen = blue.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[0].headers["host"], "scoring.example:8080");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_grpc_load_fail_no_call_and_move_the_split() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let proxy = Proc::proxy(&file(blue, green, 100, 0, ""));
+    let path = proxy.config.clone().expect("config path");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = call_loop(client(&proxy).await, stop.clone());
+    for i in 0..10 {
+        let (b, g) = if i % 2 == 0 { (0, 100) } else { (100, 0) };
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, file(blue, green, b, g, "")).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failed) = calls.await.expect("calls");
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(answered.len() > 100, "only {} calls", answered.len());
+    // The last file sent everything to blue; both took calls along the way.
+    assert_eq!(answered.last().map(String::as_str), Some("blue"));
+    assert!(answered.iter().any(|d| d == "green"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_goes_away_fails_no_call() {
+    let (first, stop_first) = stoppable_model_server("blue/first", Duration::from_millis(2)).await;
+    let (second, _keep) = stoppable_model_server("blue/second", Duration::from_millis(2)).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic: {{blue: 100}}\ndeployments:\n  blue:\n    grpc_instances: [{first}, {second}]\n"
+    );
+    let proxy = Proc::proxy(&yaml);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = call_loop(client(&proxy).await, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // GOAWAY from the first instance, whose listener closes: calls in flight finish there,
+    // new ones go to the second.
+    let _ = stop_first.send(());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failed) = calls.await.expect("calls");
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(answered.len() > 100, "only {} calls", answered.len());
+    // Both served before; only the second at the end.
+    assert!(answered.iter().any(|d| d == "blue/first"));
+    let tail = &answered[answered.len() - 50..];
+    assert!(tail.iter().all(|d| d == "blue/second"), "{tail:?}");
 }
