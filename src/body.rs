@@ -198,6 +198,18 @@ impl RequestBody {
     }
 }
 
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // A body read to its end whose last poll never came (the answer arrived first, as a
+        // gRPC server may answer before the request's end) still completes its copy.
+        if self.inner_ended()
+            && let Some(tee) = &mut self.tee
+        {
+            tee.end();
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = Box<dyn StdError + Send + Sync>;

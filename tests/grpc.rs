@@ -466,3 +466,32 @@ async fn an_instance_that_goes_away_fails_no_call() {
     let tail = &answered[answered.len() - 50..];
     assert!(tail.iter().all(|d| d == "blue/second"), "{tail:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_mirrored_to_the_shadow_deployments_grpc_instances() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let proxy = Proc::proxy(&file(blue, green, 100, 0, "mirror_traffic: {green: 50}\n"));
+    let mut c = client(&proxy).await;
+    for _ in 0..200 {
+        let resp = c.model_infer(infer()).await.expect("call");
+        assert_eq!(answered_by(&resp), "blue");
+    }
+    // Copies are sent in the background: wait for them to be counted.
+    let series = "scoregate_mirror_requests_total{deployment=\"green\",result=\"ok\"}";
+    let mut copied = 0.0;
+    for _ in 0..50 {
+        copied = proxy.metric(series).await;
+        if copied >= 60.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 50 % of 200: binomial sd ~7; 60 is 5.7 sd below.
+    assert!(copied >= 60.0, "{copied} copies ok");
+    let text = proxy.metrics().await;
+    assert!(
+        !text.contains("scoregate_mirror_requests_total{deployment=\"green\",result=\"error\"} 1"),
+        "{text}"
+    );
+}

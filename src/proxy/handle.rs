@@ -120,9 +120,9 @@ impl Proxy {
             {
                 req.headers_mut().insert(header::HOST, v);
             }
-            if !grpc && !choice.pinned && table.mirror.is_some() {
+            if !choice.pinned && table.mirror.is_some() {
                 let roll = rand::rng().random_range(0..100u8);
-                let tee = self.mirroring.start(table, req, roll);
+                let tee = self.mirroring.start(table, req, grpc, roll);
                 req.body_mut().set_tee(tee);
             }
         }

@@ -44,6 +44,7 @@ impl Mirroring {
         &self,
         table: &Arc<Table>,
         req: &Request<RequestBody>,
+        grpc: bool,
         roll: u8,
     ) -> Option<Tee> {
         let size = req.body().size_hint();
@@ -61,34 +62,55 @@ impl Mirroring {
         }
         let (head, ()) = upstream::copy_head(req, ()).into_parts();
         let (tee, body) = body::tee(size);
-        tokio::spawn(copy(table.clone(), head, body, permit));
+        tokio::spawn(copy(table.clone(), head, body, grpc, permit));
         tee
     }
 }
 
-/// Sends one copy and discards the answer.
+/// Sends one copy — a gRPC call to the mirror's `grpc_instances` — and discards the answer,
+/// counting it `ok` (for a gRPC call: status OK), `error` or `dropped`.
 async fn copy(
     table: Arc<Table>,
     head: http::request::Parts,
     body: CopyBody,
+    grpc: bool,
     _permit: OwnedSemaphorePermit,
 ) {
     let Some(mirror) = table.mirror.as_ref() else {
         return;
     };
     let dep = &table.deployments[mirror.index];
-    let Some(slot) = dep.rest.try_copy_slot() else {
+    let Some(slot) = dep.group(grpc).try_copy_slot() else {
         mirror.dropped.inc();
         return;
     };
-    let mut pending = Some(Box::new(Request::from_parts(head, RequestBody::copy(body))));
+    // A gRPC copy is sent whole: a gRPC server may answer as soon as it has the message and
+    // reset the rest of the stream, which a request body still trickling through the tee would
+    // turn into a spurious error.
+    let body = if grpc {
+        match body.collect().await {
+            Ok(whole) => RequestBody::buffered(whole.to_bytes(), u64::MAX),
+            Err(_) => {
+                mirror.dropped.inc();
+                return;
+            }
+        }
+    } else {
+        RequestBody::copy(body)
+    };
+    let mut pending = Some(Box::new(Request::from_parts(head, body)));
     let instance = slot.instance();
     let exchange = async {
         let (resp, conn) = upstream::send(instance, &mut pending).await?;
-        let status = resp.status();
-        resp.into_body().collect().await.map_err(Failure::Broken)?;
+        let mut ok = !resp.status().is_server_error();
+        let in_headers = upstream::grpc_status(resp.headers());
+        let answer = resp.into_body().collect().await.map_err(Failure::Broken)?;
+        if grpc {
+            let in_trailers = answer.trailers().and_then(upstream::grpc_status);
+            ok &= in_headers.or(in_trailers) == Some(0);
+        }
         conn.release(&slot);
-        Ok::<_, Failure>(status)
+        Ok::<_, Failure>(ok)
     };
     let timeout = dep.settings.request_timeout;
     let outcome = tokio::time::timeout(timeout, exchange)
@@ -100,10 +122,13 @@ async fn copy(
             })
         });
     match outcome {
-        Ok(status) if !status.is_server_error() => mirror.ok.inc(),
-        Ok(_) => mirror.error.inc(),
+        Ok(true) => mirror.ok.inc(),
+        Ok(false) => mirror.error.inc(),
         // The live body could not be copied whole: the copy never went out complete.
         Err(f) if upstream::classify(&f).fault == Fault::Client => mirror.dropped.inc(),
-        Err(_) => mirror.error.inc(),
+        Err(f) => {
+            tracing::debug!(deployment = %dep.name, error = ?f, "mirrored copy failed");
+            mirror.error.inc()
+        }
     }
 }
