@@ -148,6 +148,19 @@ async fn stoppable_model_server(
     (addr, tx)
 }
 
+/// What a [`call_loop`] answered, after checking that it failed no call and made over 100.
+async fn no_failures(calls: tokio::task::JoinHandle<(Vec<String>, Vec<Status>)>) -> Vec<String> {
+    let (answered, failed) = calls.await.expect("calls");
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(answered.len() > 100, "only {} calls", answered.len());
+    answered
+}
+
 /// Calls ModelInfer in a loop on one connection until `stop`, counting failures and the
 /// deployment (or server) that answered each call.
 fn call_loop(
