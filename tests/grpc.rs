@@ -437,14 +437,7 @@ async fn reloads_under_grpc_load_fail_no_call_and_move_the_split() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (answered, failed) = calls.await.expect("calls");
-    assert!(
-        failed.is_empty(),
-        "{} calls failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(answered.len() > 100, "only {} calls", answered.len());
+    let answered = no_failures(calls).await;
     // The last file sent everything to blue; both took calls along the way.
     assert_eq!(answered.last().map(String::as_str), Some("blue"));
     assert!(answered.iter().any(|d| d == "green"));
@@ -466,14 +459,7 @@ async fn an_instance_that_goes_away_fails_no_call() {
     let _ = stop_first.send(());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (answered, failed) = calls.await.expect("calls");
-    assert!(
-        failed.is_empty(),
-        "{} calls failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(answered.len() > 100, "only {} calls", answered.len());
+    let answered = no_failures(calls).await;
     // Both served before; only the second at the end.
     assert!(answered.iter().any(|d| d == "blue/first"));
     let tail = &answered[answered.len() - 50..];
