@@ -19,14 +19,14 @@ async fn rapid_reset_is_cut_off_and_others_are_still_served() {
     let tcp = tokio::net::TcpStream::connect(proxy.addr)
         .await
         .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let (attacker, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let driver = tokio::spawn(conn);
-    let mut client = Some(client);
+    let mut attacker = Some(attacker);
     let started = Instant::now();
     let mut opened = 0u32;
     // Up to 20,000 streams, each reset right after it is opened.
     while opened < 20_000 && started.elapsed() < Duration::from_secs(10) {
-        let Some(c) = client.take() else { break };
+        let Some(c) = attacker.take() else { break };
         let Ok(mut ready) = c.ready().await else {
             break;
         };
@@ -38,7 +38,7 @@ async fn rapid_reset_is_cut_off_and_others_are_still_served() {
         };
         stream.send_reset(h2::Reason::CANCEL);
         opened += 1;
-        client = Some(ready);
+        attacker = Some(ready);
     }
     // The proxy closed the attacker's connection long before the flood ended.
     let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
