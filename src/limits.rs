@@ -22,3 +22,7 @@ pub(crate) const H2_MAX_PENDING_RESETS: usize = 50;
 /// Streams scoregate may reset on one connection because of the client's protocol errors before
 /// it closes the connection.
 pub(crate) const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// How long a gRPC call's answer may pause between messages before it is cut off (a REST
+/// answer's limit is its request timeout). Envoy's default stream idle timeout.
+pub(crate) const GRPC_STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(300);

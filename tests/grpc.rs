@@ -561,3 +561,34 @@ async fn a_call_the_client_cancels_is_cancelled_upstream() {
         cancelled.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_may_pause_longer_than_the_request_timeout() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let yaml = file(blue, green, 100, 0, "").replace(
+        &format!("grpc_instances: [{blue}]"),
+        &format!("grpc_instances: [{blue}]\n    request: {{request_timeout_ms: 200}}"),
+    );
+    let proxy = Proc::proxy(&yaml);
+    let mut c = client(&proxy).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(infer()).await.expect("send");
+    let resp = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream");
+    let mut answers = resp.into_inner();
+    for i in 0..3 {
+        let a = answers.next().await.expect("a message").expect("ok");
+        assert_eq!(a.id, format!("call-{}", i + 1));
+        // Three times the request timeout between messages.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut next = infer();
+        next.id = format!("call-{}", i + 2);
+        tx.send(next).await.expect("send");
+    }
+    drop(tx);
+    let last = answers.next().await.expect("the last message").expect("ok");
+    assert_eq!(last.id, "call-4");
+}

@@ -20,6 +20,7 @@ use crate::body::RequestBody;
 use crate::config;
 use crate::error::ProxyError;
 use crate::instance::{Instance, Slot};
+use crate::limits::GRPC_STREAM_IDLE;
 use crate::routing::{Choice, Deployment, Group, Table};
 use crate::upstream::{self, Failure, Fault, Held, ResponseBody};
 
@@ -164,9 +165,16 @@ impl Proxy {
                 None => true,
             };
         let metrics = count_trailers.then(|| dep.metrics.clone());
+        // A REST answer that stalls for the request timeout is cut off; a gRPC stream may pause
+        // between messages (a token stream, a client that paces its calls) for much longer.
+        let idle = if grpc {
+            GRPC_STREAM_IDLE.max(timeout)
+        } else {
+            timeout
+        };
         Ok(Response::from_parts(
             parts,
-            ResponseBody::upstream(body, slot, conn, timeout, metrics),
+            ResponseBody::upstream(body, slot, conn, idle, metrics),
         ))
     }
 }
