@@ -44,27 +44,14 @@ BLUE, GREEN = 19011, 19012
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def field(number, payload):
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
 def grpc_body():
-    """One gRPC message: a ModelInferRequest of one row of 10 FP64 features."""
-    row = [float(i) for i in range(1, 11)]
-    shape = varint(1) + varint(len(row))
-    contents = field(7, b"".join(struct.pack("<d", x) for x in row))
-    tensor = field(1, b"input") + field(2, b"FP64") + field(3, shape) + field(5, contents)
-    msg = field(1, b"scorer") + field(5, tensor)
+    """One gRPC message: a ModelInferRequest of one row of 10 FP64 features, encoded as the
+    tests' grpcio client encodes it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "tests", "clients"))
+    from grpcio_infer import request
+
+    msg = request("", [float(i) for i in range(1, 11)])
     return b"\x00" + struct.pack(">I", len(msg)) + msg
 
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::instance::{Instance, tcp_connect};
+use crate::instance::{Conns, Instance, tcp_connect};
 use crate::routing::Table;
 
 /// How often ejected instances are checked and idle connections swept.
@@ -36,7 +36,9 @@ pub(super) async fn run(table: Arc<ArcSwap<Table>>) {
         let mut probes = tokio::task::JoinSet::new();
         for d in table.deployments.iter() {
             for i in d.all_instances() {
-                i.pool().sweep();
+                if let Conns::H1(pool) = i.conns() {
+                    pool.sweep();
+                }
                 if i.probe_due() {
                     let (name, i) = (d.name.clone(), i.clone());
                     probes.spawn(async move {

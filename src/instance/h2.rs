@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
 use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
 use crate::limits::MAX_HEAD_BYTES;
 
-use super::pool::tcp_connect;
+use super::pool::{drive, open};
 
 /// Connections kept per instance.
 pub(crate) const MAX_CONNS: usize = 4;
@@ -177,20 +177,14 @@ fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
 
 /// An HTTP/2 cleartext (prior knowledge) connection to `addr`, driven by its own task.
 async fn connect(addr: &InstanceAddr) -> std::io::Result<SendRequest<RequestBody>> {
-    let stream = tcp_connect(addr).await?;
-    stream.set_nodelay(true)?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .handshake(TokioIo::new(stream))
+        .handshake(open(addr).await?)
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-        }
-    });
+    drive(conn);
     Ok(sender)
 }

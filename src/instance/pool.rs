@@ -40,7 +40,9 @@ impl std::fmt::Debug for Pool {
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool::with_capacity(POOL_MAX_IDLE)
+        Pool {
+            idle: ArrayQueue::new(POOL_MAX_IDLE),
+        }
     }
 }
 
@@ -52,13 +54,6 @@ pub(crate) struct Conn {
 }
 
 impl Pool {
-    /// A pool keeping at most `n` idle connections.
-    pub(crate) fn with_capacity(n: usize) -> Pool {
-        Pool {
-            idle: ArrayQueue::new(n.max(1)),
-        }
-    }
-
     /// A live idle connection, if any; stale and closed ones are dropped on the way.
     pub(crate) fn checkout(&self) -> Option<Conn> {
         while let Some(idle) = self.idle.pop() {
@@ -113,20 +108,33 @@ pub(crate) async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStrea
     }
 }
 
-/// An HTTP/1.1 connection to `addr`, driven by its own task.
-pub(crate) async fn connect(addr: &InstanceAddr) -> std::io::Result<Conn> {
+/// A new TCP connection to `addr` for HTTP, without Nagle's delay.
+pub(super) async fn open(addr: &InstanceAddr) -> std::io::Result<TokioIo<TcpStream>> {
     let stream = tcp_connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(MAX_BUF_BYTES)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
+    Ok(TokioIo::new(stream))
+}
+
+/// Drives an upstream connection in its own task until it ends.
+pub(super) fn drive<F>(conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
+}
+
+/// An HTTP/1.1 connection to `addr`, driven by its own task.
+pub(crate) async fn connect(addr: &InstanceAddr) -> std::io::Result<Conn> {
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_BUF_BYTES)
+        .handshake(open(addr).await?)
+        .await
+        .map_err(std::io::Error::other)?;
+    drive(conn);
     Ok(Conn {
         sender,
         idle_for: None,

@@ -13,7 +13,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
-use crate::instance::{Conn, H2Pool, Instance, connect};
+use crate::instance::{Conn, Conns, H2Pool, Instance, Pool, connect};
 
 pub(crate) use failure::{Failure, Fault, classify};
 pub(crate) use headers::{copy_head, strip_hop_by_hop};
@@ -72,10 +72,10 @@ pub(crate) async fn send(
     instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Held), Failure> {
-    match instance.h2() {
+    match instance.conns() {
         // Boxed: a REST request's future does not grow by the HTTP/2 path's state.
-        Some(h2) => Box::pin(send_h2(h2, instance.addr(), pending)).await,
-        None => send_h1(instance, pending)
+        Conns::H2(h2) => Box::pin(send_h2(h2, instance.addr(), pending)).await,
+        Conns::H1(pool) => send_h1(pool, instance.addr(), pending)
             .await
             .map(|(resp, conn)| (resp, Held::H1(conn))),
     }
@@ -115,11 +115,10 @@ async fn send_h2(
 
 /// [`send`] to a REST instance, over HTTP/1.1.
 async fn send_h1(
-    instance: &Instance,
+    pool: &Pool,
+    addr: &InstanceAddr,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
-    let pool = instance.pool();
-    let addr = instance.addr();
     // Not `while let`: its scrutinee would be kept across the awaits in the loop.
     loop {
         let Some(mut conn) = pool.checkout() else {

@@ -13,7 +13,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use std::sync::Arc;
 
-use crate::instance::{Conn, Lease, Slot};
+use crate::instance::{Conn, Conns, Lease, Slot};
 use crate::metrics::DeploymentMetrics;
 
 /// The connection an answer arrives on, held until it has streamed.
@@ -27,8 +27,8 @@ pub(crate) enum Held {
 impl Held {
     /// The exchange completed: an HTTP/1.1 connection goes back to `slot`'s pool.
     pub(crate) fn release(self, slot: &Slot) {
-        if let Held::H1(conn) = self {
-            slot.instance().pool().checkin(conn);
+        if let (Held::H1(conn), Conns::H1(pool)) = (self, slot.instance().conns()) {
+            pool.checkin(conn);
         }
     }
 }

@@ -4,15 +4,14 @@ the Open Inference Protocol's ModelInfer through the proxy on one channel.
     python3 grpcio_infer.py ADDR CALLS [PIN]
 
 Encodes ModelInferRequest and decodes ModelInferResponse on the wire itself (protobuf's
-encoding is small), so that it needs grpcio alone. Prints one JSON object: the calls answered
+encoding is small), so that it needs grpcio alone; `load-test/grpc_bench.py` uses the same
+encoding (`request`), without grpcio. Prints one JSON object: the calls answered
 per deployment (the proxy's `x-deployment` metadata), the predictions of the first answer of
 each deployment, and the gRPC status of failed calls.
 """
 import json
 import struct
 import sys
-
-import grpc
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -37,9 +36,10 @@ def field(number, wire, payload):
     return key + payload
 
 
-def request(call_id):
-    shape = b"".join(varint(d) for d in (1, len(ROW)))
-    contents = field(7, 2, b"".join(struct.pack("<d", x) for x in ROW))  # fp64_contents, packed
+def request(call_id, row=ROW):
+    """A ModelInferRequest for model `scorer`: one FP64 row as input `input`."""
+    shape = b"".join(varint(d) for d in (1, len(row)))
+    contents = field(7, 2, b"".join(struct.pack("<d", x) for x in row))  # fp64_contents, packed
     tensor = (
         field(1, 2, b"input")
         + field(2, 2, b"FP64")
@@ -95,6 +95,8 @@ def predictions(response):
 
 
 def main():
+    import grpc
+
     addr, calls = sys.argv[1], int(sys.argv[2])
     pin = sys.argv[3] if len(sys.argv) > 3 else None
     metadata = (("x-api-version", pin),) if pin else ()
