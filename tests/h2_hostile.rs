@@ -4,6 +4,7 @@
 //! more streams than the advertised 256, and send PING and SETTINGS frames without reading the
 //! acks. Each time the proxy cuts the connection off, refuses the excess or pushes back, the
 //! instance sees none of the excess, memory stays bounded, and a well-behaved client is served.
+
 mod common;
 
 use std::time::{Duration, Instant};
