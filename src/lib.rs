@@ -8,7 +8,7 @@
 //! | layer | modules | what it holds |
 //! | --- | --- | --- |
 //! | 0 values | `error`, `limits`, `addr`, `metrics`, `body`, `grpc` | errors answered, limits, the instance address, metric handles, the request body |
-//! | 1 file | `config` | the endpoint file: YAML with positions, independent checks, the `traffic:` rewriter |
+//! | 1 file | `tls`, `config` | certificate files checked into rustls configurations; the endpoint file: YAML with positions, independent checks, the `traffic:` rewriter |
 //! | 2 instance | `instance`, `discovery` | one instance's state (health, pool, slot); host names and their addresses |
 //! | 3 route | `routing`, `upstream` | the compiled table and the choice; the exchange and its one failure classification |
 //! | 4 request | `proxy` | server, handle, respond (the one error map), mirror |
@@ -30,6 +30,7 @@ mod limits;
 pub mod metrics;
 // Layer 1: the endpoint file.
 pub mod config;
+pub mod tls;
 // Layer 2: one instance.
 pub mod discovery;
 mod instance;

@@ -5,15 +5,16 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
-use super::raw::{Percent, RawDeployment, RawFile, Setting};
+use super::raw::{Percent, RawDeployment, RawFile, RawTls, Setting};
 use super::yaml::Pos;
 use super::*;
 use crate::addr::InstanceAddr;
+use crate::tls::Pair;
 
 /// A check's result and the errors it found.
 type Checked<T> = (T, Vec<Diagnostic>);
@@ -54,7 +55,9 @@ pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Fi
     let (auth, warning) = f.take(check_auth(raw, file));
     f.warnings.extend(warning);
     let limits = f.take(check_limits(raw));
-    let mut deployments = f.take(check_deployments(raw));
+    let (tls, admin_tls, warning) = f.take(check_listener_tls(raw, file));
+    f.warnings.extend(warning);
+    let mut deployments = f.take(check_deployments(raw, file));
     f.warnings.extend(check_ignored(raw));
     let (order, warning) = f.take(check_traffic(raw, &mut deployments));
     f.warnings.extend(warning);
@@ -88,6 +91,8 @@ pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Fi
         max_request_body_bytes: limits.max_request_body_bytes,
         client_header_timeout: limits.client_header_timeout,
         dns_refresh: limits.dns_refresh,
+        tls,
+        admin_tls,
     };
     (Some(config), f)
 }
@@ -243,6 +248,271 @@ fn read_keys(file: &Path, name: &str) -> Result<Keys, String> {
     })
 }
 
+/// `name` relative to the endpoint file `file`'s directory.
+fn beside(file: &Path, name: &str) -> PathBuf {
+    file.parent().unwrap_or(Path::new("")).join(name)
+}
+
+/// A string setting's value, if present and readable.
+fn text(s: &Option<Setting<String>>) -> Option<(Pos, &str)> {
+    s.as_ref()
+        .and_then(|s| s.value.as_deref().map(|v| (s.key, v)))
+}
+
+/// A certificate pair whose files are both named (`what` is where, like `tls`); none when
+/// neither is. Errors at the first key concerned.
+fn check_pair(
+    t: &RawTls,
+    what: &str,
+    file: &Path,
+    now: SystemTime,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Pair> {
+    match (text(&t.cert_file), text(&t.key_file)) {
+        (Some((at_cert, cert)), Some((_, key))) => {
+            match crate::tls::load_pair(&beside(file, cert), &beside(file, key), now) {
+                Ok(pair) => Some(pair),
+                Err(e) => {
+                    errors.push(at(at_cert, format!("{what}: {e}")));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+        (Some((pos, _)), None) | (None, Some((pos, _))) => {
+            errors.push(at(
+                pos,
+                format!("{what}: `cert_file` and `key_file` go together: name both"),
+            ));
+            None
+        }
+    }
+}
+
+/// `tls` and `admin_tls`: each a certificate pair (required) and optional client CAs (mTLS);
+/// a certificate expiring within [`crate::tls::EXPIRY_WARNING`] is a warning.
+#[allow(clippy::type_complexity)]
+fn check_listener_tls(
+    raw: &RawFile,
+    file: &Path,
+) -> Checked<(Option<ListenerTls>, Option<ListenerTls>, Vec<Diagnostic>)> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let now = SystemTime::now();
+    let mut one = |what: &str, s: &Option<Setting<RawTls>>| -> Option<ListenerTls> {
+        let s = s.as_ref()?;
+        let t = s.value.as_ref()?;
+        if t.cert_file.is_none() && t.key_file.is_none() {
+            errors.push(at(
+                s.key,
+                format!(
+                    "{what} needs `cert_file` and `key_file` (PEM files, relative to this file)"
+                ),
+            ));
+            return None;
+        }
+        let pair = check_pair(t, what, file, now, &mut errors)?;
+        let client_ca = match text(&t.client_ca_file) {
+            None => None,
+            Some((pos, name)) => {
+                match crate::tls::load_roots(&beside(file, name), "client_ca_file") {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        errors.push(at(pos, format!("{what}: {e}")));
+                        return None;
+                    }
+                }
+            }
+        };
+        let server = match crate::tls::server_config(&pair, client_ca.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(at(s.key, format!("{what}: {e}")));
+                return None;
+            }
+        };
+        if let Ok(left) = pair.info.not_after.duration_since(now)
+            && left < crate::tls::EXPIRY_WARNING
+        {
+            let pos = key_or_start(t.cert_file.as_ref());
+            warnings.push(at(
+                pos,
+                format!(
+                    "WARNING: {what}: the certificate in `{}` expires in {} hours ({})",
+                    pair.cert_file.display(),
+                    left.as_secs() / 3600,
+                    humantime::format_rfc3339_seconds(pair.info.not_after)
+                ),
+            ));
+        }
+        Some(ListenerTls {
+            pair,
+            client_ca,
+            server: ServerTls(server),
+        })
+    };
+    let tls = one("tls", &raw.tls);
+    let admin_tls = one("admin_tls", &raw.admin_tls);
+    ((tls, admin_tls, warnings), errors)
+}
+
+/// A deployment's `tls`: optional CA file, server name and client pair; both client
+/// configurations (HTTP/1.1 and HTTP/2 ALPN) built.
+fn check_upstream_tls(d: &RawDeployment, file: &Path) -> Checked<Option<UpstreamTls>> {
+    let mut errors = Vec::new();
+    let Some(s) = &d.tls else {
+        return (None, errors);
+    };
+    let Some(t) = &s.value else {
+        return (None, errors);
+    };
+    let what = format!("deployments.{}.tls", d.name);
+    let ca = match text(&t.ca_file) {
+        None => None,
+        Some((pos, name)) => match crate::tls::load_roots(&beside(file, name), "ca_file") {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push(at(pos, format!("{what}: {e}")));
+                None
+            }
+        },
+    };
+    let server_name = match text(&t.server_name) {
+        None => None,
+        Some((pos, name)) => {
+            if rustls_pki_types::ServerName::try_from(name).is_err() {
+                errors.push(at(
+                    pos,
+                    format!("{what}: server_name `{name}` is not a DNS name or IP address"),
+                ));
+            }
+            Some(name.to_string())
+        }
+    };
+    let client = check_pair(t, &what, file, SystemTime::now(), &mut errors);
+    if !errors.is_empty() {
+        return (None, errors);
+    }
+    let h1 = crate::tls::client_config(ca.as_ref(), client.as_ref(), b"http/1.1");
+    let h2 = crate::tls::client_config(ca.as_ref(), client.as_ref(), b"h2");
+    match (h1, h2) {
+        (Ok(h1), Ok(h2)) => (
+            Some(UpstreamTls {
+                ca,
+                server_name,
+                client,
+                h1: ClientTls(h1),
+                h2: ClientTls(h2),
+            }),
+            errors,
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            errors.push(at(s.key, format!("{what}: {e}")));
+            (None, errors)
+        }
+    }
+}
+
+/// Headers the proxy itself manages: a deployment's `headers` may not set them.
+const MANAGED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "content-length",
+];
+
+/// A deployment's `headers` and `bearer_key_file`.
+#[allow(clippy::type_complexity)]
+fn check_upstream_headers(
+    d: &RawDeployment,
+    file: &Path,
+) -> Checked<(Vec<(HeaderName, HeaderValue)>, Option<Bearer>)> {
+    let mut errors = Vec::new();
+    let path = format!("deployments.{}", d.name);
+    let mut headers = Vec::new();
+    let entries = d.headers.as_ref().and_then(|s| s.value.as_ref());
+    for (name, pos, value) in entries.into_iter().flatten() {
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            errors.push(at(
+                *pos,
+                format!("{path}.headers: `{name}` is not a valid header name"),
+            ));
+            continue;
+        };
+        if MANAGED_HEADERS.contains(&header.as_str()) {
+            errors.push(at(
+                *pos,
+                format!(
+                    "{path}.headers: `{name}` is set by the proxy itself and cannot be set here"
+                ),
+            ));
+            continue;
+        }
+        let Some(value) = value else { continue };
+        match HeaderValue::from_str(value) {
+            Ok(mut v) => {
+                if header == http::header::AUTHORIZATION {
+                    v.set_sensitive(true);
+                }
+                headers.push((header, v));
+            }
+            Err(_) => errors.push(at(
+                *pos,
+                format!("{path}.headers.{name}: the value is not a valid header value"),
+            )),
+        }
+    }
+    let bearer = match text(&d.bearer_key_file) {
+        None => None,
+        Some((pos, name)) => {
+            if headers
+                .iter()
+                .any(|(h, _)| h == http::header::AUTHORIZATION)
+            {
+                errors.push(at(
+                    pos,
+                    format!("{path}: `bearer_key_file` and an `authorization` header both set it: keep one"),
+                ));
+            }
+            match read_bearer(&beside(file, name)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    errors.push(at(pos, format!("{path}: {e}")));
+                    None
+                }
+            }
+        }
+    };
+    ((headers, bearer), errors)
+}
+
+/// The key of a bearer key file: its content, surrounding blanks trimmed. Errors never show it.
+fn read_bearer(path: &Path) -> Result<Bearer, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("bearer_key_file `{}` cannot be read: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let key = text.trim_start_matches('\u{feff}').trim();
+    if key.is_empty() {
+        return Err(format!("bearer_key_file `{}` is empty", path.display()));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        format!(
+            "bearer_key_file `{}` holds characters a header cannot carry (one line of printable text expected)",
+            path.display()
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(Bearer {
+        file: path.to_path_buf(),
+        value,
+        digest: sha256(&bytes),
+    })
+}
+
 struct Limits {
     max_request_body_bytes: u64,
     client_header_timeout: Duration,
@@ -294,7 +564,7 @@ fn check_limits(raw: &RawFile) -> Checked<Option<Limits>> {
 
 /// `deployments`: at least one, each with a valid name, instances and request settings.
 /// Weights are 0 here (see [`check_traffic`]).
-fn check_deployments(raw: &RawFile) -> Checked<Vec<DeploymentConfig>> {
+fn check_deployments(raw: &RawFile, file: &Path) -> Checked<Vec<DeploymentConfig>> {
     let mut errors = Vec::new();
     let list = match &raw.deployments {
         None => {
@@ -327,12 +597,19 @@ fn check_deployments(raw: &RawFile) -> Checked<Vec<DeploymentConfig>> {
             errors.extend(e);
             let (request, e) = check_request(d);
             errors.extend(e);
+            let (tls, e) = check_upstream_tls(d, file);
+            errors.extend(e);
+            let ((headers, bearer), e) = check_upstream_headers(d, file);
+            errors.extend(e);
             DeploymentConfig {
                 name: d.name.clone(),
                 weight: 0,
                 instances,
                 grpc_instances,
                 request,
+                tls,
+                headers,
+                bearer,
             }
         })
         .collect();

@@ -20,9 +20,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::HeaderName;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
 
 use crate::addr::InstanceAddr;
+use crate::tls::{Pair, Roots};
 
 mod check;
 mod raw;
@@ -133,9 +136,89 @@ pub struct DeploymentConfig {
     /// REST instances as written in the file (`host:port`, `[v6]:port`), checked; forwarded
     /// over HTTP/1.1. Empty when the deployment serves gRPC only.
     pub instances: Vec<InstanceAddr>,
-    /// gRPC instances (`grpc_instances`), forwarded over HTTP/2 cleartext. Default none.
+    /// gRPC instances (`grpc_instances`), forwarded over HTTP/2 (cleartext unless `tls`).
+    /// Default none.
     pub grpc_instances: Vec<InstanceAddr>,
     pub request: RequestSettings,
+    /// TLS to the instances (`tls:`). Default none: plain TCP.
+    pub tls: Option<UpstreamTls>,
+    /// Headers set on every request forwarded to the deployment (`headers:`), replacing the
+    /// client's. Default none.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `Authorization: Bearer <content>` from `bearer_key_file`, set on every request forwarded
+    /// to the deployment. Default none.
+    pub bearer: Option<Bearer>,
+}
+
+/// A listener's TLS (`tls:` or `admin_tls:`): its certificate pair and, for mTLS, the CAs
+/// client certificates must chain to; the rustls configuration built from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub pair: Pair,
+    pub client_ca: Option<Roots>,
+    pub server: ServerTls,
+}
+
+/// A built rustls server configuration (compared by identity: it is rebuilt only with its
+/// files).
+#[derive(Clone)]
+pub struct ServerTls(pub Arc<rustls::ServerConfig>);
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+impl PartialEq for ServerTls {
+    fn eq(&self, _: &Self) -> bool {
+        // The configuration follows from the files, which the owner compares.
+        true
+    }
+}
+impl Eq for ServerTls {}
+
+/// TLS to a deployment's instances: trust roots (default the system's), the name to verify
+/// (default the instance's host), an optional client certificate; the rustls configurations
+/// for HTTP/1.1 (`instances`) and HTTP/2 (`grpc_instances`) built from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: Option<Roots>,
+    pub server_name: Option<String>,
+    pub client: Option<Pair>,
+    pub h1: ClientTls,
+    pub h2: ClientTls,
+}
+
+/// A built rustls client configuration (compared by identity of its files, like [`ServerTls`]).
+#[derive(Clone)]
+pub struct ClientTls(pub Arc<rustls::ClientConfig>);
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+impl PartialEq for ClientTls {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ClientTls {}
+
+/// The bearer key of `bearer_key_file`, as the `Authorization` value sent (marked sensitive:
+/// never logged, never shown).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bearer {
+    pub file: PathBuf,
+    pub value: HeaderValue,
+    pub digest: [u8; 32],
+}
+
+impl fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("Bearer").field("file", &self.file).finish()
+    }
 }
 
 /// Who may use the data plane.
@@ -217,12 +300,34 @@ pub struct EndpointConfig {
     pub client_header_timeout: Duration,
     /// How often instances written as host names are resolved again. Default 5 s.
     pub dns_refresh: Duration,
+    /// The data-plane listener's TLS. Default none: cleartext HTTP/1.1 and h2c.
+    pub tls: Option<ListenerTls>,
+    /// The admin listener's TLS. Default none.
+    pub admin_tls: Option<ListenerTls>,
 }
 
 impl EndpointConfig {
     /// Sum of live weights: 100, or 0 when no deployment takes unpinned traffic.
     pub fn total_weight(&self) -> u32 {
         self.deployments.iter().map(|d| u32::from(d.weight)).sum()
+    }
+
+    /// The SHA-256 of every certificate, key, CA and bearer key file the configuration read
+    /// (so that a change to one of them alone is seen as a change).
+    pub fn file_digests(&self) -> Vec<[u8; 32]> {
+        let mut out = Vec::new();
+        for t in [&self.tls, &self.admin_tls].into_iter().flatten() {
+            out.push(t.pair.digest);
+            out.extend(t.client_ca.as_ref().map(|r| r.digest));
+        }
+        for d in &self.deployments {
+            if let Some(t) = &d.tls {
+                out.extend(t.ca.as_ref().map(|r| r.digest));
+                out.extend(t.client.as_ref().map(|p| p.digest));
+            }
+            out.extend(d.bearer.as_ref().map(|b| b.digest));
+        }
+        out
     }
 
     /// The live weights in table order, like `blue=90 green=10`.
@@ -295,6 +400,10 @@ pub fn parse_str(src: &str, path: &Path) -> Result<Loaded, ConfigError> {
         if let Auth::Key(k) = &config.auth {
             fingerprint.push_str("\n#keys ");
             fingerprint.extend(k.file_sha256.iter().map(|b| format!("{b:02x}")));
+        }
+        for digest in config.file_digests() {
+            fingerprint.push_str("\n#file ");
+            fingerprint.extend(digest.iter().map(|b| format!("{b:02x}")));
         }
         return Ok(Loaded {
             config,

@@ -22,9 +22,21 @@ const TOP_KEYS: &[&str] = &[
     "max_request_body_bytes",
     "client_header_timeout_ms",
     "dns_refresh_ms",
+    "tls",
+    "admin_tls",
     "deployments",
 ];
-const DEPLOYMENT_KEYS: &[&str] = &["instances", "grpc_instances", "request", "request_settings"];
+const DEPLOYMENT_KEYS: &[&str] = &[
+    "instances",
+    "grpc_instances",
+    "request",
+    "request_settings",
+    "tls",
+    "headers",
+    "bearer_key_file",
+];
+const LISTENER_TLS_KEYS: &[&str] = &["cert_file", "key_file", "client_ca_file"];
+const UPSTREAM_TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file"];
 const REQUEST_KEYS: &[&str] = &[
     "request_timeout_ms",
     "max_concurrent_requests_per_instance",
@@ -54,6 +66,10 @@ pub(crate) struct RawFile {
     pub max_request_body_bytes: Option<Setting<u64>>,
     pub client_header_timeout_ms: Option<Setting<u64>>,
     pub dns_refresh_ms: Option<Setting<u64>>,
+    /// The data-plane listener's TLS.
+    pub tls: Option<Setting<RawTls>>,
+    /// The admin listener's TLS.
+    pub admin_tls: Option<Setting<RawTls>>,
     pub deployments: Option<Setting<Vec<RawDeployment>>>,
     /// Azure ML keys met anywhere (top level and deployments), with their positions.
     pub ignored: Vec<(&'static str, Pos)>,
@@ -88,7 +104,26 @@ pub(crate) struct RawDeployment {
     pub grpc_instances: Option<Setting<Vec<Item>>>,
     /// `request` or `request_settings`, whichever is written.
     pub request: Option<(&'static str, Setting<RawRequest>)>,
+    /// TLS to the instances.
+    pub tls: Option<Setting<RawTls>>,
+    /// Headers set on every request forwarded to the deployment: (name, its position, value).
+    pub headers: Option<Setting<Vec<RawHeader>>>,
+    pub bearer_key_file: Option<Setting<String>>,
     pub suggested: Vec<&'static str>,
+}
+
+/// One header of `headers:`: its name, the name's position, its value.
+pub(crate) type RawHeader = (String, Pos, Option<String>);
+
+/// A `tls:` map, of a listener (`cert_file`, `key_file`, `client_ca_file`) or of a
+/// deployment's instances (`ca_file`, `server_name`, `cert_file`, `key_file`).
+#[derive(Debug, Default)]
+pub(crate) struct RawTls {
+    pub cert_file: Option<Setting<String>>,
+    pub key_file: Option<Setting<String>>,
+    pub client_ca_file: Option<Setting<String>>,
+    pub ca_file: Option<Setting<String>>,
+    pub server_name: Option<Setting<String>>,
 }
 
 /// One instance as written.
@@ -133,6 +168,16 @@ const DEPLOYMENT: MapSpec = MapSpec {
     known: DEPLOYMENT_KEYS,
     azure: true,
     what: "a deployment",
+};
+const LISTENER_TLS: MapSpec = MapSpec {
+    known: LISTENER_TLS_KEYS,
+    azure: false,
+    what: "listener TLS settings",
+};
+const UPSTREAM_TLS: MapSpec = MapSpec {
+    known: UPSTREAM_TLS_KEYS,
+    azure: false,
+    what: "a deployment's TLS settings",
 };
 const REQUEST: MapSpec = MapSpec {
     known: REQUEST_KEYS,
@@ -408,6 +453,8 @@ impl Reader {
                     let n = self.unsigned(v, key, u64::MAX, "u64");
                     raw.dns_refresh_ms = Some(setting(k, n));
                 }
+                "tls" => raw.tls = Some(setting(k, self.tls(v, key, &LISTENER_TLS))),
+                "admin_tls" => raw.admin_tls = Some(setting(k, self.tls(v, key, &LISTENER_TLS))),
                 _ => raw.deployments = Some(setting(k, self.deployments(v))),
             }
         }
@@ -486,6 +533,9 @@ impl Reader {
             instances: None,
             grpc_instances: None,
             request: None,
+            tls: None,
+            headers: None,
+            bearer_key_file: None,
             suggested: Vec::new(),
         };
         let expected = "a deployment: a mapping with `instances:`";
@@ -497,12 +547,13 @@ impl Reader {
         d.suggested = known.suggested;
         for (key, k, v) in known.found {
             let path = child(&path, key);
-            if key == "instances" {
-                d.instances = Some(setting(k, self.instances(v, &path)));
-            } else if key == "grpc_instances" {
-                d.grpc_instances = Some(setting(k, self.instances(v, &path)));
-            } else {
-                d.request = Some((key, setting(k, self.request(v, &path))));
+            match key {
+                "instances" => d.instances = Some(setting(k, self.instances(v, &path))),
+                "grpc_instances" => d.grpc_instances = Some(setting(k, self.instances(v, &path))),
+                "tls" => d.tls = Some(setting(k, self.tls(v, &path, &UPSTREAM_TLS))),
+                "headers" => d.headers = Some(setting(k, self.headers(v, &path))),
+                "bearer_key_file" => d.bearer_key_file = Some(setting(k, self.string(v, &path))),
+                _ => d.request = Some((key, setting(k, self.request(v, &path)))),
             }
         }
         d
@@ -525,6 +576,43 @@ impl Reader {
                 at: item.pos(),
                 text,
             });
+        }
+        Some(out)
+    }
+
+    /// A `tls:` map; which keys it may hold is `spec`'s.
+    fn tls(&mut self, node: &Node, path: &str, spec: &MapSpec) -> Option<RawTls> {
+        let entries = self.map(node, path, "TLS settings: a mapping with `cert_file:`")?;
+        let known = self.known(entries, path, spec);
+        let mut t = RawTls::default();
+        for (key, k, v) in known.found {
+            let value = Some(setting(k, self.string(v, &child(path, key))));
+            match key {
+                "cert_file" => t.cert_file = value,
+                "key_file" => t.key_file = value,
+                "client_ca_file" => t.client_ca_file = value,
+                "ca_file" => t.ca_file = value,
+                _ => t.server_name = value,
+            }
+        }
+        Some(t)
+    }
+
+    /// `headers:`: a map of header name to value, as written.
+    fn headers(&mut self, node: &Node, path: &str) -> Option<Vec<RawHeader>> {
+        let entries = self.map(node, path, "a map of header name to value")?;
+        let mut out: Vec<RawHeader> = Vec::new();
+        for (k, v) in entries {
+            let Some(name) = self.plain_text(k, path) else {
+                continue;
+            };
+            if out.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(&name)) {
+                let message = format!("header `{name}` appears twice");
+                self.error(k.pos(), prefixed(path, message));
+                continue;
+            }
+            let value = self.plain_text(v, &child(path, &name));
+            out.push((name, k.pos(), value));
         }
         Some(out)
     }
