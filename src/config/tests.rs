@@ -6,7 +6,7 @@ use super::*;
 const NAME_RULE: &str =
     "is invalid: use 3 to 32 characters, lowercase letters, digits and `-`, starting with a letter";
 const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
-    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, deployments";
+    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, tls, admin_tls, deployments";
 const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
     this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, \
     or `none` to silence this warning)";
@@ -244,7 +244,7 @@ fn unknown_deployment_key_without_suggestion() {
             4,
             5,
             "deployments.blue: unknown key `replicas` in a deployment; expected one of: \
-             instances, grpc_instances, request, request_settings"
+             instances, grpc_instances, request, request_settings, tls, headers, bearer_key_file"
         )]
     );
 }
@@ -1816,7 +1816,7 @@ deployments:
                 7,
                 5,
                 "deployments.blue: unknown key `replicas` in a deployment; expected one of: \
-                 instances, grpc_instances, request, request_settings"
+                 instances, grpc_instances, request, request_settings, tls, headers, bearer_key_file"
             ),
             d(
                 8,
