@@ -39,6 +39,9 @@ struct Counts {
 type Snapshot = (Instant, HashMap<String, Counts>);
 
 /// What the admin endpoints read.
+/// Time an admin client has to finish its TLS handshake and send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) struct Admin {
     loader: Arc<Loader>,
     metrics: Arc<Metrics>,
@@ -333,26 +336,46 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 }
 
 /// Serves the admin endpoints on `listener` until the process ends.
-pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, tls: bool) {
     tokio::spawn(admin.clone().sample());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(HEADER_TIMEOUT);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, remote)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // The certificate of the moment (it rotates with the table).
+        let config = admin.loader.table().load().admin_tls.clone();
         let admin = admin.clone();
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let out = admin.handle(&req);
-                async move { Ok::<_, Infallible>(out) }
-            }),
-        );
+        let service = service_fn(move |req| {
+            let out = admin.handle(&req);
+            async move { Ok::<_, Infallible>(out) }
+        });
+        let http = http.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            match (tls, config) {
+                (false, _) => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                (true, Some(config)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %remote, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %remote, "admin TLS handshake timed out")
+                        }
+                    }
+                }
+                // Not reached: the loader keeps TLS on while the listener was started with it.
+                (true, None) => {}
+            }
         });
     }
 }

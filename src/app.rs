@@ -230,6 +230,41 @@ pub(crate) fn check(path: &Path) -> Result<(String, String), ConfigError> {
             k.file.display()
         ));
     }
+    for (what, tls) in [("tls", &c.tls), ("admin_tls", &c.admin_tls)] {
+        if let Some(t) = tls {
+            report.push_str(&format!(
+                "{what}: {} ({}); {}\n",
+                t.pair.cert_file.display(),
+                t.pair.info.summary(),
+                match &t.client_ca {
+                    Some(ca) => format!(
+                        "client certificates required, signed by {}",
+                        ca.file.display()
+                    ),
+                    None => "no client certificates".to_string(),
+                },
+            ));
+        }
+    }
+    for d in &c.deployments {
+        if let Some(t) = &d.tls {
+            report.push_str(&format!(
+                "deployment {}: TLS to its instances, trusting {}{}{}\n",
+                d.name,
+                t.ca.as_ref().map_or("the system's roots".to_string(), |r| r
+                    .file
+                    .display()
+                    .to_string()),
+                t.server_name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", verifying the name {n}")),
+                t.client.as_ref().map_or(String::new(), |p| format!(
+                    ", client certificate {}",
+                    p.cert_file.display()
+                )),
+            ));
+        }
+    }
     let names: Vec<&str> = names_in(c).map(|n| n.as_str()).collect();
     if !names.is_empty() {
         report.push_str(&format!(
@@ -287,11 +322,13 @@ pub(crate) async fn start(path: &Path, drain: Duration) -> Result<Running, AppEr
     tokio::spawn(admin::serve(
         admin,
         Arc::new(Admin::new(loader.clone(), metrics)),
+        cfg.admin_tls.is_some(),
     ));
     tracing::info!(addr = %admin_listen, "admin listening");
     let proxy = Arc::new(Proxy::new(loader.table()));
     let limits = ClientLimits {
         header_timeout: cfg.client_header_timeout,
+        tls: cfg.tls.is_some(),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(proxy::serve(listener, proxy, limits, stopped, drain));

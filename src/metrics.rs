@@ -122,6 +122,7 @@ pub struct Metrics {
     /// `scoregate_config_last_reload_success`: 1 when the last attempt succeeded.
     pub config_last_reload_success: IntGauge,
     dns_errors: IntCounterVec,
+    tls_expiry: IntGaugeVec,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -200,8 +201,14 @@ impl Metrics {
             "Failed lookups of instances written as host names (the last known addresses are kept), by name as written.",
             &["name"],
         );
+        let tls_expiry = gauge_vec(
+            "scoregate_tls_certificate_expiry_seconds",
+            "When the certificate a listener serves expires (notAfter), in seconds since the Unix epoch, by listener (data, admin). Alert on `scoregate_tls_certificate_expiry_seconds - time() < 7 * 86400`.",
+            &["listener"],
+        );
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(dns_errors.clone()),
+            Box::new(tls_expiry.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
@@ -238,6 +245,18 @@ impl Metrics {
             config_generation,
             config_last_reload_success,
             dns_errors,
+            tls_expiry,
+        }
+    }
+
+    /// Sets when the certificate of `listener` (`data`, `admin`) expires, in Unix seconds;
+    /// `None` removes the series (no TLS).
+    pub fn tls_expiry(&self, listener: &str, not_after_unix: Option<i64>) {
+        match not_after_unix {
+            Some(t) => self.tls_expiry.with_label_values(&[listener]).set(t),
+            None => {
+                let _ = self.tls_expiry.remove_label_values(&[listener]);
+            }
         }
     }
 

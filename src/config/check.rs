@@ -269,11 +269,17 @@ fn check_pair(
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Pair> {
     match (text(&t.cert_file), text(&t.key_file)) {
-        (Some((at_cert, cert)), Some((_, key))) => {
+        (Some((at_cert, cert)), Some((at_key, key))) => {
             match crate::tls::load_pair(&beside(file, cert), &beside(file, key), now) {
                 Ok(pair) => Some(pair),
                 Err(e) => {
-                    errors.push(at(at_cert, format!("{what}: {e}")));
+                    // At the key of the file the message is about.
+                    let pos = if e.starts_with("key_file") {
+                        at_key
+                    } else {
+                        at_cert
+                    };
+                    errors.push(at(pos, format!("{what}: {e}")));
                     None
                 }
             }

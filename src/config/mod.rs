@@ -330,6 +330,29 @@ impl EndpointConfig {
         out
     }
 
+    /// Every file the configuration read besides itself: keys, certificates, keys of
+    /// certificates, CAs, bearer keys (for watching their directories).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Auth::Key(k) = &self.auth {
+            out.push(k.file.clone());
+        }
+        for t in [&self.tls, &self.admin_tls].into_iter().flatten() {
+            out.extend([t.pair.cert_file.clone(), t.pair.key_file.clone()]);
+            out.extend(t.client_ca.as_ref().map(|r| r.file.clone()));
+        }
+        for d in &self.deployments {
+            if let Some(t) = &d.tls {
+                out.extend(t.ca.as_ref().map(|r| r.file.clone()));
+                if let Some(p) = &t.client {
+                    out.extend([p.cert_file.clone(), p.key_file.clone()]);
+                }
+            }
+            out.extend(d.bearer.as_ref().map(|b| b.file.clone()));
+        }
+        out
+    }
+
     /// The live weights in table order, like `blue=90 green=10`.
     pub fn traffic_summary(&self) -> String {
         let weights: Vec<String> = self

@@ -71,6 +71,9 @@ pub(crate) struct Status {
 /// Reads the endpoint file and swaps the live table.
 pub(crate) struct Loader {
     path: PathBuf,
+    /// The directories of the files the live configuration read besides the endpoint file
+    /// (certificates, keys, CAs), for the watcher.
+    dirs: tokio::sync::watch::Sender<Vec<PathBuf>>,
     table: Arc<ArcSwap<Table>>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -88,8 +91,10 @@ impl Loader {
         let table = Arc::new(ArcSwap::from_pointee(table));
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
+        set_tls_expiry(&metrics, &loaded.config);
         Loader {
             path: path.to_path_buf(),
+            dirs: tokio::sync::watch::Sender::new(dirs_of(path, &loaded.config)),
             table,
             metrics,
             state: Mutex::new(State {
@@ -130,6 +135,11 @@ impl Loader {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directories to watch besides the endpoint file's, as they change.
+    pub(crate) fn dirs(&self) -> tokio::sync::watch::Receiver<Vec<PathBuf>> {
+        self.dirs.subscribe()
     }
 
     /// The loader's state now.
@@ -231,6 +241,10 @@ impl Loader {
             );
         }
         let cfg = &loaded.config;
+        if let Some(e) = tls_switch(&st.config, cfg) {
+            self.fail(&mut st, format!("{}: {e}", self.path.display()));
+            return false;
+        }
         if cfg.listen != st.listen || cfg.admin_listen != st.admin_listen {
             tracing::warn!(
                 listen = %st.listen,
@@ -252,6 +266,14 @@ impl Loader {
         let names = names.unwrap_or_else(|| st.names.clone());
         st.generation += 1;
         self.swap(cfg, &names);
+        set_tls_expiry(&self.metrics, cfg);
+        log_rotations(&st.config, cfg);
+        self.dirs.send_if_modified(|dirs| {
+            let new = dirs_of(&self.path, cfg);
+            let changed = *dirs != new;
+            *dirs = new;
+            changed
+        });
         st.names = names;
         st.loaded_at = SystemTime::now();
         self.metrics.config_generation.set(st.generation as i64);
@@ -274,6 +296,68 @@ impl Loader {
         );
         st.last_error = Some(error);
         self.metrics.reload(false);
+    }
+}
+
+/// Why `new` cannot replace `live` by a reload: a listener's TLS turned on or off (the
+/// listeners are bound, and speak TLS or not, from the start; certificates rotate).
+fn tls_switch(live: &EndpointConfig, new: &EndpointConfig) -> Option<String> {
+    for (what, was, is) in [
+        ("tls", live.tls.is_some(), new.tls.is_some()),
+        (
+            "admin_tls",
+            live.admin_tls.is_some(),
+            new.admin_tls.is_some(),
+        ),
+    ] {
+        if was != is {
+            let verb = if is { "added" } else { "removed" };
+            return Some(format!(
+                "`{what}` was {verb}: a listener's TLS is turned on or off at start only \
+                 (restart to do it; a changed certificate or key is applied by a reload)"
+            ));
+        }
+    }
+    None
+}
+
+/// The directories of the files `cfg` read, other than the endpoint file's own, each once.
+fn dirs_of(path: &Path, cfg: &EndpointConfig) -> Vec<PathBuf> {
+    let own = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = cfg
+        .files()
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .filter(|d| *d != own)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Logs each listener whose certificate or key changed.
+fn log_rotations(live: &EndpointConfig, new: &EndpointConfig) {
+    for (listener, was, is) in [
+        ("data", &live.tls, &new.tls),
+        ("admin", &live.admin_tls, &new.admin_tls),
+    ] {
+        if let (Some(was), Some(is)) = (was, is)
+            && was != is
+        {
+            tracing::info!(
+                listener,
+                certificate = %is.pair.info.summary(),
+                "TLS certificate changed: new connections are served with it"
+            );
+        }
+    }
+}
+
+/// The listeners' certificate expiry series.
+fn set_tls_expiry(metrics: &Metrics, cfg: &EndpointConfig) {
+    for (listener, tls) in [("data", &cfg.tls), ("admin", &cfg.admin_tls)] {
+        let at = tls.as_ref().map(|t| t.pair.info.not_after_unix());
+        metrics.tls_expiry(listener, at);
     }
 }
 

@@ -20,7 +20,11 @@ const TRIGGERS: usize = 16;
 /// runs.
 pub(crate) fn spawn(loader: Arc<Loader>) {
     let (tx, rx) = mpsc::channel(TRIGGERS);
-    tokio::spawn(watch::run(loader.path().to_path_buf(), tx.clone()));
+    tokio::spawn(watch::run(
+        loader.path().to_path_buf(),
+        loader.dirs(),
+        tx.clone(),
+    ));
     tokio::spawn(dns::run(loader.clone(), tx));
     tokio::spawn(probe::run(loader.table()));
     tokio::spawn(consume(loader, rx));

@@ -52,15 +52,48 @@ fn start_watcher(
     Some(watcher)
 }
 
+/// Watches `extra` directories too (those of certificates and keys the file names), as far as
+/// they can be; what cannot be watched is left to the periodic check.
+fn watch_extra(
+    watcher: &mut Option<notify::RecommendedWatcher>,
+    extra: &[PathBuf],
+    watched: &mut Vec<PathBuf>,
+) {
+    let Some(w) = watcher else {
+        watched.clear();
+        return;
+    };
+    for gone in watched.iter().filter(|d| !extra.contains(d)) {
+        let _ = w.unwatch(gone);
+    }
+    watched.retain(|d| extra.contains(d));
+    let new: Vec<&PathBuf> = extra.iter().filter(|d| !watched.contains(d)).collect();
+    for dir in new {
+        match w.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watched.push(dir.clone()),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory; relying on the periodic check")
+            }
+        }
+    }
+}
+
 /// Signals the loader until the process ends or the loader is gone: a settled change in the
-/// file's directory, the periodic content check, SIGHUP.
-pub(super) async fn run(path: PathBuf, triggers: mpsc::Sender<Trigger>) {
+/// file's directory or in the directories of the files it names (`dirs`), the periodic
+/// content check, SIGHUP.
+pub(super) async fn run(
+    path: PathBuf,
+    mut dirs: tokio::sync::watch::Receiver<Vec<PathBuf>>,
+    triggers: mpsc::Sender<Trigger>,
+) {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = start_watcher(&dir, tx.clone());
+    let mut watched = Vec::new();
+    watch_extra(&mut watcher, &dirs.borrow_and_update(), &mut watched);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
@@ -78,8 +111,14 @@ pub(super) async fn run(path: PathBuf, triggers: mpsc::Sender<Trigger>) {
             _ = poll.tick() => {
                 if watcher.is_none() {
                     watcher = start_watcher(&dir, tx.clone());
+                    watched.clear();
+                    watch_extra(&mut watcher, &dirs.borrow(), &mut watched);
                 }
                 Trigger::Poll
+            }
+            Ok(()) = dirs.changed() => {
+                watch_extra(&mut watcher, &dirs.borrow_and_update(), &mut watched);
+                continue;
             }
             _ = recv_hup(&mut hup) => Trigger::Signal,
         };

@@ -42,6 +42,12 @@ pub(crate) struct Proxy {
 // === impl Proxy ===
 
 impl Proxy {
+    /// The data-plane listener's TLS configuration now (None: cleartext), for a new
+    /// connection's handshake.
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.table.load().tls.clone()
+    }
+
     pub(crate) fn new(table: Arc<ArcSwap<Table>>) -> Self {
         Proxy {
             table,

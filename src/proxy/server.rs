@@ -116,8 +116,10 @@ async fn quiet_watchdog(activity: &Activity, timeout: Duration) {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientLimits {
     /// Time a client has to send its request headers (slowloris); also how long an idle
-    /// keep-alive connection is kept. Default 60 s.
+    /// keep-alive connection is kept; also the time a TLS handshake may take. Default 60 s.
     pub(crate) header_timeout: Duration,
+    /// Whether the listener speaks TLS (read at start; the certificates rotate).
+    pub(crate) tls: bool,
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true, then stops accepting at once
@@ -166,6 +168,13 @@ pub(crate) async fn serve(
             _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
         };
         let _ = stream.set_nodelay(true);
+        // The certificate of the moment: a rotation applies to connections accepted after it.
+        let tls = match (limits.tls, proxy.tls()) {
+            (false, _) => None,
+            (true, Some(config)) => Some(config),
+            // Not reached: the loader keeps TLS on while the listener was started with it.
+            (true, None) => continue,
+        };
         let proxy = proxy.clone();
         let peer = Peer::new(remote);
         let activity = Arc::new(Activity::default());
@@ -186,21 +195,53 @@ pub(crate) async fn serve(
         let mut stop = shutdown.clone();
         let timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let preface = tokio::select! {
-                found = detect(&stream) => found,
-                _ = stop.wait_for(|stop| *stop) => return,
-                () = quiet_watchdog(&activity, timeout) => return,
+            let conn = Conn {
+                h1,
+                h2,
+                watcher,
+                activity,
+                timeout,
+                remote,
             };
-            match preface {
-                Ok(Some(true)) => {
-                    let conn = watcher.watch(h2.serve_connection(TokioIo::new(stream), service));
-                    until_quiet(conn, &activity, timeout, remote).await;
+            match tls {
+                None => {
+                    let preface = tokio::select! {
+                        found = detect(&stream) => found,
+                        _ = stop.wait_for(|stop| *stop) => return,
+                        () = quiet_watchdog(&conn.activity, timeout) => return,
+                    };
+                    if let Ok(Some(h2)) = preface {
+                        conn.serve(stream, h2, service).await;
+                    }
                 }
-                Ok(Some(false)) => {
-                    let conn = watcher.watch(h1.serve_connection(TokioIo::new(stream), service));
-                    until_quiet(conn, &activity, timeout, remote).await;
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let handshake = tokio::select! {
+                        done = acceptor.accept(stream) => done,
+                        _ = stop.wait_for(|stop| *stop) => return,
+                        () = quiet_watchdog(&conn.activity, timeout) => {
+                            tracing::debug!(client = %remote, "TLS handshake not finished in time; connection closed");
+                            return;
+                        }
+                    };
+                    let stream = match handshake {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                    let (_, session) = stream.get_ref();
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    tracing::debug!(
+                        client = %remote,
+                        sni = session.server_name().unwrap_or("-"),
+                        version = ?session.protocol_version(),
+                        alpn = if h2 { "h2" } else { "http/1.1" },
+                        "TLS connection"
+                    );
+                    conn.serve(stream, h2, service).await;
                 }
-                Ok(None) | Err(_) => {}
             }
         });
     }
@@ -211,6 +252,39 @@ pub(crate) async fn serve(
         Ok(()) => tracing::info!("all requests finished"),
         Err(_) => {
             tracing::warn!(drain = ?drain, "drain deadline passed; closing the remaining connections")
+        }
+    }
+}
+
+/// A client connection's server side, once its protocol is known.
+struct Conn {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    remote: SocketAddr,
+}
+
+impl Conn {
+    /// Serves `io` as HTTP/2 (`h2`) or HTTP/1.1 until it ends, goes quiet or is drained.
+    async fn serve<I, S>(self, io: I, h2: bool, service: S)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Guarded>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            let conn = self.watcher.watch(self.h2.serve_connection(io, service));
+            until_quiet(conn, &self.activity, self.timeout, self.remote).await;
+        } else {
+            let conn = self.watcher.watch(self.h1.serve_connection(io, service));
+            until_quiet(conn, &self.activity, self.timeout, self.remote).await;
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Compiled {
     sticky_header: Option<http::HeaderName>,
     max_request_body_bytes: u64,
     keys: Option<Box<[[u8; 32]]>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
     /// (deployment index, percent, deployment name) of the mirror.
     mirror: Option<(usize, u8, String)>,
     unrouted: Option<Arc<DeploymentMetrics>>,
@@ -133,6 +135,8 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
             Auth::Key(k) => Some(k.digests.clone().into_boxed_slice()),
             Auth::None => None,
         },
+        tls: cfg.tls.as_ref().map(|t| t.server.0.clone()),
+        admin_tls: cfg.admin_tls.as_ref().map(|t| t.server.0.clone()),
         mirror,
         unrouted: previous.map(|t| t.unrouted.clone()),
         gone_instances,
@@ -327,6 +331,8 @@ impl Compiled {
             sticky_bounds,
             mirror,
             keys: self.keys,
+            tls: self.tls,
+            admin_tls: self.admin_tls,
         }
     }
 }

@@ -211,6 +211,11 @@ pub struct Table {
     pub(crate) mirror: Option<Mirror>,
     /// SHA-256 digests of the accepted keys (`auth_mode: key`).
     pub(crate) keys: Option<Box<[[u8; 32]]>>,
+    /// The data-plane listener's TLS, read per new connection (certificates rotate with the
+    /// table).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// The admin listener's TLS.
+    pub(crate) admin_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The live mirror: deployment, share of unpinned requests and its counters.
