@@ -2,6 +2,8 @@
 //! Everything started here is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
