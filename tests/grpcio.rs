@@ -32,6 +32,17 @@ fn run(
     calls: u32,
     pin: Option<&str>,
 ) -> serde_json::Value {
+    run_with(python, addr, calls, pin, &[])
+}
+
+/// [`run`] with environment variables (`GRPC_ROOT_CERT`, `GRPC_SERVER_NAME` for TLS).
+fn run_with(
+    python: &str,
+    addr: std::net::SocketAddr,
+    calls: u32,
+    pin: Option<&str>,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let script = repo_path("tests/clients/grpcio_infer.py");
     let mut args = vec![
         script.display().to_string(),
@@ -41,6 +52,7 @@ fn run(
     args.extend(pin.map(String::from));
     let out = std::process::Command::new(python)
         .args(&args)
+        .envs(env.iter().copied())
         .output()
         .expect("run the grpcio client");
     assert!(
@@ -97,4 +109,40 @@ async fn python_grpcio_calls_model_infer_through_the_proxy() {
     assert_eq!(wrong["errors"][0]["code"], "INVALID_ARGUMENT", "{wrong}");
     let details = wrong["errors"][0]["details"].as_str().unwrap_or("");
     assert!(details.contains("unknown deployment \"purple\""), "{wrong}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_calls_over_tls_on_the_same_listener_as_https() {
+    let Some(python) = python_with_grpcio() else {
+        return;
+    };
+    let pki = common::pki::Pki::new("test-ca");
+    let leaf = pki.server("server", &["scoring.test"], common::pki::VALID);
+    let blue = Proc::score_server("blue", &["--grpc-listen", "127.0.0.1:0"]);
+    let file = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntls:\n  cert_file: {}\n  key_file: {}\ntraffic: {{blue: 100}}\ndeployments:\n  blue:\n    instances: [{}]\n    grpc_instances: [{}]\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        blue.addr,
+        blue.logged_addr("gRPC scoring server listening"),
+    );
+    let proxy = Proc::proxy(&file);
+    let ca = pki.ca.to_str().unwrap();
+    let env = [("GRPC_ROOT_CERT", ca), ("GRPC_SERVER_NAME", "scoring.test")];
+    // A secure channel (ALPN h2): every call answered by blue's gRPC port.
+    let secure = run_with(python, proxy.addr, 20, None, &env);
+    assert_eq!(secure["errors"], serde_json::json!([]), "{secure}");
+    assert_eq!(
+        secure["deployments"],
+        serde_json::json!({"blue": 20}),
+        "{secure}"
+    );
+    // Another CA: the channel never connects.
+    let other = common::pki::Pki::new("other-ca");
+    let env = [
+        ("GRPC_ROOT_CERT", other.ca.to_str().unwrap()),
+        ("GRPC_SERVER_NAME", "scoring.test"),
+    ];
+    let refused = run_with(python, proxy.addr, 1, None, &env);
+    assert_eq!(refused["errors"][0]["code"], "UNAVAILABLE", "{refused}");
 }

@@ -2,6 +2,7 @@
 the Open Inference Protocol's ModelInfer through the proxy on one channel.
 
     python3 grpcio_infer.py ADDR CALLS [PIN]
+    GRPC_ROOT_CERT=ca.crt [GRPC_SERVER_NAME=name] python3 grpcio_infer.py ...   # over TLS
 
 Encodes ModelInferRequest and decodes ModelInferResponse on the wire itself (protobuf's
 encoding is small), so that it needs grpcio alone; `load-test/grpc_bench.py` uses the same
@@ -10,6 +11,7 @@ per deployment (the proxy's `x-deployment` metadata), the predictions of the fir
 each deployment, and the gRPC status of failed calls.
 """
 import json
+import os
 import struct
 import sys
 
@@ -101,7 +103,16 @@ def main():
     pin = sys.argv[3] if len(sys.argv) > 3 else None
     metadata = (("x-api-version", pin),) if pin else ()
     out = {"deployments": {}, "predictions": {}, "errors": []}
-    with grpc.insecure_channel(addr) as channel:
+    root = os.environ.get("GRPC_ROOT_CERT")
+    if root:
+        with open(root, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        name = os.environ.get("GRPC_SERVER_NAME")
+        options = (("grpc.ssl_target_name_override", name),) if name else ()
+        channel = grpc.secure_channel(addr, credentials, options)
+    else:
+        channel = grpc.insecure_channel(addr)
+    with channel:
         infer = channel.unary_unary(METHOD)
         for i in range(calls):
             try:
