@@ -2130,3 +2130,111 @@ fn grpc_instances_are_checked_like_instances() {
         ]
     );
 }
+
+// === TLS, headers and bearer keys ===
+
+#[test]
+fn tls_headers_and_bearer_errors_are_all_reported_each_at_its_key() {
+    let src = "tls:
+  cert_file: a.crt
+  ciphers: all
+admin_tls: {}
+traffic: {blue: 100}
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+    tls: {server_name: 'not a name!', ca_file: missing-ca.crt, verify: false}
+    headers: {host: x, 'bad name': y, x-ok: 1}
+    bearer_key_file: missing.key
+";
+    assert_eq!(
+        errors(src),
+        vec![
+            d(
+                2,
+                3,
+                "tls: `cert_file` and `key_file` go together: name both"
+            ),
+            d(
+                3,
+                3,
+                "tls: unknown key `ciphers` in listener TLS settings; expected one of: cert_file, key_file, client_ca_file"
+            ),
+            d(
+                4,
+                1,
+                "admin_tls needs `cert_file` and `key_file` (PEM files, relative to this file)"
+            ),
+            d(
+                9,
+                11,
+                "deployments.blue.tls: server_name `not a name!` is not a DNS name or IP address"
+            ),
+            d(
+                9,
+                39,
+                "deployments.blue.tls: ca_file `missing-ca.crt` cannot be read: No such file or directory (os error 2)"
+            ),
+            d(
+                9,
+                64,
+                "deployments.blue.tls: unknown key `verify` in a deployment's TLS settings; expected one of: ca_file, server_name, cert_file, key_file"
+            ),
+            d(
+                10,
+                15,
+                "deployments.blue.headers: `host` is set by the proxy itself and cannot be set here"
+            ),
+            d(
+                10,
+                24,
+                "deployments.blue.headers: `bad name` is not a valid header name"
+            ),
+            d(
+                11,
+                5,
+                "deployments.blue: bearer_key_file `missing.key` cannot be read: No such file or directory (os error 2)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_bearer_key_is_read_beside_the_file_hidden_and_its_change_is_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoint.yaml");
+    let src = "traffic: {blue: 100}
+deployments:
+  blue:
+    instances: [127.0.0.1:9001]
+    tls: {}
+    headers: {azureml-model-deployment: blue}
+    bearer_key_file: blue.key
+";
+    std::fs::write(dir.path().join("blue.key"), "s3cret-key-1\n").unwrap();
+    let first = parse_str(src, &path).unwrap();
+    let blue = &first.config.deployments[0];
+    let bearer = blue.bearer.as_ref().unwrap();
+    assert_eq!(bearer.value, "Bearer s3cret-key-1");
+    assert!(bearer.value.is_sensitive());
+    assert_eq!(blue.headers[0].0, "azureml-model-deployment");
+    let tls = blue.tls.as_ref().unwrap();
+    assert_eq!(
+        (&tls.ca, &tls.server_name, &tls.client),
+        (&None, &None, &None)
+    );
+    assert!(!format!("{:?}", first.config).contains("s3cret"));
+    // A new key in the same file is a new configuration.
+    std::fs::write(dir.path().join("blue.key"), "s3cret-key-2\n").unwrap();
+    let second = parse_str(src, &path).unwrap();
+    assert_ne!(first.fingerprint, second.fingerprint);
+    // An empty key file is refused without showing anything of it.
+    std::fs::write(dir.path().join("blue.key"), "\n").unwrap();
+    let e = parse_str(src, &path).unwrap_err();
+    assert!(e.to_string().contains("is empty"), "{e}");
+    // `authorization` in headers and a bearer key both set the same header.
+    let both = src.replace("{azureml-model-deployment: blue}", "{authorization: x}");
+    std::fs::write(dir.path().join("blue.key"), "k\n").unwrap();
+    let e = parse_str(&both, &path).unwrap_err();
+    assert!(e.to_string().contains("keep one"), "{e}");
+}

@@ -378,6 +378,64 @@ mod tests {
         (dir, path, loader, metrics)
     }
 
+    /// A self-signed pair written beside the endpoint file as `NAME.crt` and `NAME.key`.
+    fn pair(dir: &Path, name: &str) {
+        let c = rcgen::generate_simple_self_signed(vec!["scoring.test".to_string()]).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), c.cert.pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            c.signing_key.serialize_pem(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tls_is_turned_on_or_off_at_start_only_and_a_new_pair_applies() {
+        let (dir, path, loader, metrics) = setup();
+        pair(dir.path(), "a");
+        let with_tls = format!("tls: {{cert_file: a.crt, key_file: a.key}}\n{V2}");
+        std::fs::write(&path, &with_tls).unwrap();
+        assert!(!loader.apply(Trigger::Event));
+        let error = loader.status().last_error.unwrap();
+        assert!(
+            error.contains("`tls` was added") && error.contains("restart"),
+            "{error}"
+        );
+        assert_eq!(green_weight(&loader), 0);
+        assert!(
+            !metrics
+                .render()
+                .contains("scoregate_tls_certificate_expiry_seconds")
+        );
+
+        // Started with TLS: a new pair in the same files is a change; removing `tls` is not.
+        let loaded = config::load_file(&path).unwrap();
+        let loader = Loader::new(&path, &loaded, metrics.clone());
+        let first = loader.table().load().tls.clone().unwrap();
+        assert!(
+            metrics
+                .render()
+                .contains("scoregate_tls_certificate_expiry_seconds{listener=\"data\"}")
+        );
+        pair(dir.path(), "a");
+        assert!(loader.apply(Trigger::Event));
+        let second = loader.table().load().tls.clone().unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "the new pair did not go live"
+        );
+        std::fs::write(&path, V1).unwrap();
+        assert!(!loader.apply(Trigger::Event));
+        assert!(
+            loader
+                .status()
+                .last_error
+                .unwrap()
+                .contains("`tls` was removed")
+        );
+        assert_eq!(green_weight(&loader), 100);
+    }
+
     fn green_weight(l: &Loader) -> u8 {
         l.table().load().deployment("green").unwrap().weight
     }
