@@ -418,12 +418,7 @@ pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError>
             if rest.is_none() && grpc.is_none() {
                 continue;
             }
-            let server = ScoreServer {
-                name: d.name.clone(),
-                model,
-                delay: Duration::ZERO,
-                error_rate: 0.0,
-            };
+            let server = ScoreServer::new(&d.name, model);
             tokio::spawn(server.serve(rest, grpc));
         }
     }

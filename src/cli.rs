@@ -125,6 +125,13 @@ enum Command {
         /// INTERNAL (0.0 to 1.0).
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         error_rate: f64,
+        /// Share of inputs (rows) whose prediction is off by +1.0, the same inputs every time
+        /// (0.0 to 1.0): a model that disagrees on a known share, for shadow comparison.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+        disagree_rate: f64,
+        /// Uniform noise of up to ± this added to every prediction.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
     },
 }
 
@@ -223,12 +230,16 @@ pub fn main() -> ExitCode {
                 model,
                 delay_ms,
                 error_rate,
+                disagree_rate,
+                noise,
             } => {
                 let server = ScoreServer {
                     name,
                     model,
                     delay: Duration::from_millis(delay_ms),
                     error_rate,
+                    disagree_rate,
+                    noise: noise.abs(),
                 };
                 app::exit(app::score_server(server, listen, grpc_listen).await)
             }

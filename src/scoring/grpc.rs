@@ -184,7 +184,7 @@ fn answer(server: &ScoreServer, id: String, batch: &Batch) -> ModelInferResponse
             shape: vec![rows],
             parameters: HashMap::new(),
             contents: Some(InferTensorContents {
-                fp64_contents: batch.predict(server.model),
+                fp64_contents: batch.predict(|r| server.score(r)),
                 ..Default::default()
             }),
         }],
@@ -308,7 +308,9 @@ mod tests {
     }
 
     fn v1(req: &ModelInferRequest) -> Vec<f64> {
-        parse_request(req).unwrap().predict(Model::V1)
+        parse_request(req)
+            .unwrap()
+            .predict(|r| Model::V1.predict(r))
     }
 
     #[test]
@@ -402,12 +404,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_fp64_predictions_with_the_deployment() {
-        let server = ScoreServer {
-            name: "green".into(),
-            model: Model::V2,
-            delay: std::time::Duration::ZERO,
-            error_rate: 0.0,
-        };
+        let server = ScoreServer::new("green", Model::V2);
         let mut req = request(
             "FP64",
             &[1, 2],

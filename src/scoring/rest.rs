@@ -246,7 +246,7 @@ async fn handle(server: &ScoreServer, req: Request<Incoming>) -> Resp {
             match serde_json::from_slice::<ScoreRequest>(&body) {
                 Ok(r) => {
                     let predictions: Vec<f64> =
-                        r.data.iter().map(|row| server.model.predict(row)).collect();
+                        r.data.iter().map(|row| server.score(row)).collect();
                     reply(
                         StatusCode::OK,
                         json!({
@@ -332,7 +332,7 @@ fn infer_answer(server: &ScoreServer, id: Option<String>, batch: &Batch) -> Valu
             "name": OUTPUT,
             "shape": [batch.rows()],
             "datatype": "FP64",
-            "data": batch.predict(server.model),
+            "data": batch.predict(|r| server.score(r)),
         }],
     });
     if let (Some(id), Some(obj)) = (id, answer.as_object_mut()) {
@@ -393,7 +393,7 @@ mod tests {
     }
 
     fn predictions(body: &str) -> Vec<f64> {
-        parse(body).unwrap().1.predict(Model::V1)
+        parse(body).unwrap().1.predict(|r| Model::V1.predict(r))
     }
 
     #[test]
@@ -406,7 +406,7 @@ mod tests {
         let one_row = r#"{"id":"r1","inputs":[{"name":"input","shape":[3],"datatype":"FP32","data":[1.5,2,3]}]}"#;
         let (id, batch) = parse(one_row).unwrap();
         assert_eq!(id.as_deref(), Some("r1"));
-        assert_eq!(batch.predict(Model::V1), vec![4.25]);
+        assert_eq!(batch.predict(|r| Model::V1.predict(r)), vec![4.25]);
     }
 
     #[test]
@@ -516,12 +516,7 @@ mod tests {
 
     #[test]
     fn the_answer_carries_the_id_deployment_and_predictions() {
-        let server = ScoreServer {
-            name: "blue".into(),
-            model: Model::V1,
-            delay: Duration::ZERO,
-            error_rate: 0.0,
-        };
+        let server = ScoreServer::new("blue", Model::V1);
         let (id, batch) = parse(
             r#"{"id":"42","inputs":[{"name":"input","shape":[1,3],"datatype":"FP64","data":[1,2,3]}]}"#,
         )

@@ -3,8 +3,6 @@
 //! type, its shape read as rows × features, and the checks both protocols share. Every error is
 //! the message the client gets (REST 400, gRPC `INVALID_ARGUMENT`).
 
-use super::Model;
-
 /// The one model a scoring server serves, under the V2 protocol.
 pub(crate) const MODEL_NAME: &str = "scorer";
 /// The model's one input: rows of features.
@@ -189,15 +187,12 @@ impl Batch {
         self.rows
     }
 
-    /// The model's prediction for every row.
-    pub(crate) fn predict(&self, model: Model) -> Vec<f64> {
+    /// `score`'s prediction for every row.
+    pub(crate) fn predict(&self, score: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         if self.features == 0 {
-            return vec![model.predict(&[]); self.rows];
+            return (0..self.rows).map(|_| score(&[])).collect();
         }
-        self.values
-            .chunks(self.features)
-            .map(|row| model.predict(row))
-            .collect()
+        self.values.chunks(self.features).map(score).collect()
     }
 }
 
@@ -313,16 +308,22 @@ mod tests {
             "input `input`: shape [2, 3] holds 6 elements but the data has 5"
         );
         let b = Batch::new(&s, vec![1.0, 2.0, 3.0, 0.0, 0.0, 2.0]).unwrap();
-        assert_eq!(b.predict(Model::V1), vec![4.0, 2.0]);
+        assert_eq!(
+            b.predict(|r| super::super::Model::V1.predict(r)),
+            vec![4.0, 2.0]
+        );
         assert_eq!(b.rows(), 2);
     }
 
     #[test]
     fn rows_without_features_predict_the_intercept() {
         let b = Batch::new(&Shape::parse(&[3, 0]).unwrap(), vec![]).unwrap();
-        assert_eq!(b.predict(Model::V1), vec![1.0; 3]);
+        assert_eq!(
+            b.predict(|r| super::super::Model::V1.predict(r)),
+            vec![1.0; 3]
+        );
         let b = Batch::new(&Shape::parse(&[0, 5]).unwrap(), vec![]).unwrap();
-        assert!(b.predict(Model::V2).is_empty());
+        assert!(b.predict(|r| super::super::Model::V2.predict(r)).is_empty());
     }
 
     #[test]
