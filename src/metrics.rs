@@ -103,6 +103,73 @@ pub const GRPC_CODES: [&str; 17] = [
 /// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. `rollout` counts them as errors.
 pub const GRPC_SERVER_FAILURES: [u32; 6] = [2, 4, 12, 13, 14, 15];
 
+/// `result` values of `scoregate_shadow_comparisons_total`, by [`crate::shadow::Verdict`] order.
+pub const SHADOW_RESULTS: [&str; 3] = ["match", "mismatch", "incomparable"];
+
+/// Why a mirrored copy was not sent or not compared (`reason` of
+/// `scoregate_mirror_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorDrop {
+    /// The request body is over the mirror's body bound.
+    BodyTooLarge = 0,
+    /// Too many copies in flight to the mirror already.
+    Backlog = 1,
+    /// Too many comparisons waiting: the copy was sent, its answer not compared.
+    CompareBacklog = 2,
+}
+
+impl MirrorDrop {
+    pub const ALL: [MirrorDrop; 3] = [
+        MirrorDrop::BodyTooLarge,
+        MirrorDrop::Backlog,
+        MirrorDrop::CompareBacklog,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            MirrorDrop::BodyTooLarge => "body_too_large",
+            MirrorDrop::Backlog => "backlog",
+            MirrorDrop::CompareBacklog => "compare_backlog",
+        }
+    }
+}
+
+/// Buckets of the largest numeric difference per comparison.
+pub const DIFFERENCE_BUCKETS: &[f64] = &[
+    1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0,
+];
+
+/// One mirror target's shadow series: comparisons by result, the largest numeric difference
+/// per comparison, the copy's answer time, and drops by reason.
+#[derive(Debug, Clone)]
+pub struct ShadowMetrics {
+    comparisons: [IntCounter; 3],
+    max_difference: Histogram,
+    duration: Histogram,
+    dropped: [IntCounter; 3],
+}
+
+impl ShadowMetrics {
+    /// Counts one comparison (`result` indexes [`SHADOW_RESULTS`]).
+    pub fn compared(&self, result: usize, max_difference: f64) {
+        if let Some(c) = self.comparisons.get(result) {
+            c.inc();
+        }
+        if result != 2 {
+            self.max_difference.observe(max_difference);
+        }
+    }
+
+    /// The time the copy took to answer with its headers.
+    pub fn copy_answered(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a copy dropped for `reason`.
+    pub fn dropped(&self, reason: MirrorDrop) {
+        self.dropped[reason as usize].inc();
+    }
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -123,6 +190,10 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     dns_errors: IntCounterVec,
     tls_expiry: IntGaugeVec,
+    shadow_comparisons: IntCounterVec,
+    shadow_difference: HistogramVec,
+    mirror_duration: HistogramVec,
+    mirror_dropped: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -206,9 +277,41 @@ impl Metrics {
             "When the certificate a listener serves expires (notAfter), in seconds since the Unix epoch, by listener (data, admin). Alert on `scoregate_tls_certificate_expiry_seconds - time() < 7 * 86400`.",
             &["listener"],
         );
+        let shadow_comparisons = counter_vec(
+            "scoregate_shadow_comparisons_total",
+            "Mirrored answers compared with the live answer to the same request, by mirror deployment and result (match, mismatch, incomparable).",
+            &["deployment", "result"],
+        );
+        let shadow_difference = HistogramVec::new(
+            HistogramOpts::new(
+                "scoregate_shadow_max_difference",
+                "The largest numeric difference between a mirrored answer and the live one, per comparison, by mirror deployment.",
+            )
+            .buckets(DIFFERENCE_BUCKETS.to_vec()),
+            &["deployment"],
+        )
+        .expect("static metric definition");
+        let mirror_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "scoregate_mirror_duration_seconds",
+                "Time a mirrored copy took to get its answer's headers, by mirror deployment.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["deployment"],
+        )
+        .expect("static metric definition");
+        let mirror_dropped = counter_vec(
+            "scoregate_mirror_dropped_total",
+            "Mirrored copies not sent or not compared, by mirror deployment and reason (body_too_large, backlog, compare_backlog).",
+            &["deployment", "reason"],
+        );
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(dns_errors.clone()),
             Box::new(tls_expiry.clone()),
+            Box::new(shadow_comparisons.clone()),
+            Box::new(shadow_difference.clone()),
+            Box::new(mirror_duration.clone()),
+            Box::new(mirror_dropped.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
@@ -246,6 +349,40 @@ impl Metrics {
             config_last_reload_success,
             dns_errors,
             tls_expiry,
+            shadow_comparisons,
+            shadow_difference,
+            mirror_duration,
+            mirror_dropped,
+        }
+    }
+
+    /// Handles for a mirror target's shadow series (created now with zero values).
+    pub fn shadow(&self, deployment: &str) -> ShadowMetrics {
+        ShadowMetrics {
+            comparisons: SHADOW_RESULTS
+                .map(|r| self.shadow_comparisons.with_label_values(&[deployment, r])),
+            max_difference: self.shadow_difference.with_label_values(&[deployment]),
+            duration: self.mirror_duration.with_label_values(&[deployment]),
+            dropped: MirrorDrop::ALL.map(|r| {
+                self.mirror_dropped
+                    .with_label_values(&[deployment, r.label()])
+            }),
+        }
+    }
+
+    /// Drops a former mirror target's shadow series.
+    pub fn remove_shadow(&self, deployment: &str) {
+        for r in SHADOW_RESULTS {
+            let _ = self
+                .shadow_comparisons
+                .remove_label_values(&[deployment, r]);
+        }
+        let _ = self.shadow_difference.remove_label_values(&[deployment]);
+        let _ = self.mirror_duration.remove_label_values(&[deployment]);
+        for r in MirrorDrop::ALL {
+            let _ = self
+                .mirror_dropped
+                .remove_label_values(&[deployment, r.label()]);
         }
     }
 
