@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use crate::control::Loader;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
 use crate::routing::Table;
+use crate::shadow::Evidence;
 
 /// The status page, one self-contained file.
 const STATUS_HTML: &str = include_str!("status.html");
@@ -45,6 +46,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Admin {
     loader: Arc<Loader>,
     metrics: Arc<Metrics>,
+    /// What shadow comparisons found.
+    evidence: Arc<Evidence>,
     history: Mutex<VecDeque<Snapshot>>,
 }
 
@@ -82,10 +85,10 @@ fn quantile_ms(q: f64, now: &[u64], then: &[u64]) -> Option<f64> {
     crate::metrics::quantile(q, LATENCY_BUCKETS, now, then).map(|s| s * 1000.0)
 }
 
-/// `{"NAME": percent}`, or `{}` without a mirror.
+/// `{"NAME": percent, ...}`, or `{}` without a mirror.
 fn mirror_map(table: &Table) -> Value {
     let mut m = serde_json::Map::new();
-    if let Some(mirror) = &table.mirror {
+    for mirror in &table.mirrors {
         m.insert(
             table.deployments[mirror.index].name.to_string(),
             json!(mirror.percent),
@@ -99,10 +102,15 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Admin {
-    pub(crate) fn new(loader: Arc<Loader>, metrics: Arc<Metrics>) -> Admin {
+    pub(crate) fn new(
+        loader: Arc<Loader>,
+        metrics: Arc<Metrics>,
+        evidence: Arc<Evidence>,
+    ) -> Admin {
         Admin {
             loader,
             metrics,
+            evidence,
             history: Mutex::new(VecDeque::new()),
         }
     }
@@ -269,10 +277,16 @@ impl Admin {
             "loaded_at": rfc3339(status.loaded_at),
             "last_reload_error": status.last_error,
             "window_seconds": secs,
-            "mirror": table.mirror.as_ref().map(|m| json!({
-                "deployment": &*table.deployments[m.index].name,
-                "percent": m.percent,
-            })),
+            "mirrors": table.mirrors.iter().map(|m| {
+                let name = &*table.deployments[m.index].name;
+                let ratio = self.evidence.recent_ratio(name, SystemTime::now());
+                json!({
+                    "deployment": name,
+                    "percent": m.percent,
+                    "compared": table.compare.is_some(),
+                    "mismatch_ratio_last_minute": ratio,
+                })
+            }).collect::<Vec<_>>(),
             "deployments": deployments,
             "unrouted": {
                 "requests_per_second": rate(unrouted, then_counts.get("")),
@@ -294,6 +308,7 @@ impl Admin {
             "/" | "/index.html" => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_HTML),
             "/status.json" => json_response(StatusCode::OK, &self.status_json()),
             "/config" => json_response(StatusCode::OK, &self.config_json()),
+            "/shadow" => json_response(StatusCode::OK, &self.evidence.report(SystemTime::now())),
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -438,7 +453,7 @@ mod readiness_tests {
         let loaded = config::load_file(&path).unwrap();
         let metrics = Arc::new(Metrics::new());
         let loader = Arc::new(Loader::new(&path, &loaded, metrics.clone()));
-        let admin = Admin::new(loader.clone(), metrics.clone());
+        let admin = Admin::new(loader.clone(), metrics.clone(), Arc::default());
         assert_eq!(admin.readiness(), Ok(()));
         let table = loader.table().load_full();
         // A 0% deployment without healthy instances does not make the proxy unready.

@@ -18,6 +18,7 @@ use crate::discovery::names_in;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientLimits, Proxy};
 use crate::scoring::{Model, ScoreServer};
+use crate::shadow::Evidence;
 
 /// A failure that stops a command, with the message the user sees.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +218,23 @@ pub(crate) fn check(path: &Path) -> Result<(String, String), ConfigError> {
     if let Some(h) = &c.sticky_header {
         report.push_str(&format!("sticky split by {h}\n"));
     }
-    if let Some(m) = &c.mirror {
+    for m in &c.mirrors {
         report.push_str(&format!(
             "mirror: {}% of unpinned requests copied to {}\n",
             m.percent, m.deployment
+        ));
+    }
+    if let (Some(cmp), false) = (&c.mirror_compare, c.mirrors.is_empty()) {
+        report.push_str(&format!(
+            "mirror_compare: answers compared (abs {}, rel {}, ignoring {}, up to {} bytes)\n",
+            cmp.abs_tolerance,
+            cmp.rel_tolerance,
+            if cmp.ignore.is_empty() {
+                "nothing".to_string()
+            } else {
+                cmp.ignore.join(", ")
+            },
+            cmp.max_body_bytes
         ));
     }
     if let config::Auth::Key(k) = &c.auth {
@@ -319,13 +333,14 @@ pub(crate) async fn start(path: &Path, drain: Duration) -> Result<Running, AppEr
         traffic = %cfg.traffic_summary(),
         "endpoint file loaded"
     );
+    let evidence = Arc::new(Evidence::default());
     tokio::spawn(admin::serve(
         admin,
-        Arc::new(Admin::new(loader.clone(), metrics)),
+        Arc::new(Admin::new(loader.clone(), metrics, evidence.clone())),
         cfg.admin_tls.is_some(),
     ));
     tracing::info!(addr = %admin_listen, "admin listening");
-    let proxy = Arc::new(Proxy::new(loader.table()));
+    let proxy = Arc::new(Proxy::new(loader.table(), evidence));
     let limits = ClientLimits {
         header_timeout: cfg.client_header_timeout,
         tls: cfg.tls.is_some(),

@@ -13,8 +13,6 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
-use crate::limits::MIRROR_MAX_BODY;
-
 /// Frames buffered between the live request and its copy.
 const TEE_CHANNEL: usize = 64;
 
@@ -25,30 +23,52 @@ enum Piece {
     End,
 }
 
-/// The live side of a copy: forwards each frame of the live body, or gives up (dropping the
-/// sender aborts the copy).
+/// Copies one live body can feed at most (the mirror targets).
+pub(crate) const MAX_COPIES: usize = 3;
+
+/// The live side of up to [`MAX_COPIES`] copies: forwards each frame of the live body to each,
+/// or gives up on one (dropping its sender aborts that copy) when its channel is full or the
+/// body passes `limit`.
 #[derive(Debug)]
 pub(crate) struct Tee {
-    tx: Option<mpsc::Sender<Piece>>,
+    txs: [Option<mpsc::Sender<Piece>>; MAX_COPIES],
     sent: u64,
+    limit: u64,
 }
 
 impl Tee {
     /// Passes on one data frame of the live body.
     pub(crate) fn data(&mut self, bytes: &Bytes) {
-        if let Some(tx) = &self.tx {
-            self.sent += bytes.len() as u64;
-            if self.sent > MIRROR_MAX_BODY || tx.try_send(Piece::Data(bytes.clone())).is_err() {
-                self.tx = None;
+        self.sent += bytes.len() as u64;
+        let over = self.sent > self.limit;
+        for slot in &mut self.txs {
+            if let Some(tx) = slot
+                && (over || tx.try_send(Piece::Data(bytes.clone())).is_err())
+            {
+                *slot = None;
             }
         }
     }
 
     /// The live body ended.
     pub(crate) fn end(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.try_send(Piece::End);
+        for slot in &mut self.txs {
+            if let Some(tx) = slot.take() {
+                let _ = tx.try_send(Piece::End);
+            }
         }
+    }
+
+    /// Feeds one more copy: its body (`None` when all copies are fed already).
+    pub(crate) fn add(&mut self, size: SizeHint) -> Option<CopyBody> {
+        let free = self.txs.iter_mut().find(|t| t.is_none())?;
+        let (tx, rx) = mpsc::channel(TEE_CHANNEL);
+        *free = Some(tx);
+        Some(CopyBody {
+            rx,
+            size,
+            done: false,
+        })
     }
 }
 
@@ -97,9 +117,10 @@ impl Body for CopyBody {
     }
 }
 
-/// A tee and the copy's body it feeds. A body declared empty needs no tee: the copy's body is
+/// A tee for copies of a body of `size` that give up past `limit` bytes, and the first copy's
+/// body (more with [`Tee::add`]). A body declared empty needs no tee: the copy's body is
 /// complete at once.
-pub(crate) fn tee(size: SizeHint) -> (Option<Tee>, CopyBody) {
+pub(crate) fn tee(size: SizeHint, limit: u64) -> (Option<Tee>, CopyBody) {
     let empty = size.exact() == Some(0);
     let (tx, rx) = mpsc::channel(TEE_CHANNEL);
     let body = CopyBody {
@@ -108,10 +129,21 @@ pub(crate) fn tee(size: SizeHint) -> (Option<Tee>, CopyBody) {
         done: empty,
     };
     let tee = (!empty).then_some(Tee {
-        tx: Some(tx),
+        txs: [Some(tx), None, None],
         sent: 0,
+        limit,
     });
     (tee, body)
+}
+
+/// The body of a copy of an empty request.
+pub(crate) fn empty_copy() -> CopyBody {
+    let (_, rx) = mpsc::channel(1);
+    CopyBody {
+        rx,
+        size: SizeHint::with_exact(0),
+        done: true,
+    }
 }
 
 /// Raised by [`RequestBody`] when a streamed body passes the limit.
@@ -128,7 +160,8 @@ pub(crate) struct RequestBody {
     remaining: u64,
     pub(crate) limit: u64,
     /// Feeds a mirrored copy, if this request is mirrored.
-    tee: Option<Tee>,
+    /// Boxed: only mirrored requests have one, and the body moves with every request.
+    tee: Option<Box<Tee>>,
     /// Set once the whole body has been sent (only for requests with a body).
     sent: Option<Arc<AtomicBool>>,
 }
@@ -186,7 +219,7 @@ impl RequestBody {
 
     /// Copies every frame to a mirrored request as it streams.
     pub(crate) fn set_tee(&mut self, tee: Option<Tee>) {
-        self.tee = tee;
+        self.tee = tee.map(Box::new);
     }
 
     fn inner_ended(&self) -> bool {

@@ -9,9 +9,6 @@ pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// hold at most a few MiB. At least [`MAX_HEAD_BYTES`], which must fit in it.
 pub(crate) const MAX_BUF_BYTES: usize = MAX_HEAD_BYTES + 1024;
 
-/// Largest body copied to a mirror; larger bodies are not copied (counted as dropped).
-pub(crate) const MIRROR_MAX_BODY: u64 = 1024 * 1024;
-
 /// Streams one client's HTTP/2 connection may have open at once.
 pub(crate) const H2_MAX_STREAMS: u32 = 256;
 

@@ -112,23 +112,24 @@ pub const SHADOW_RESULTS: [&str; 3] = ["match", "mismatch", "incomparable"];
 pub enum MirrorDrop {
     /// The request body is over the mirror's body bound.
     BodyTooLarge = 0,
-    /// Too many copies in flight to the mirror already.
+    /// Too many copies in flight already, or no free instance of the mirror.
     Backlog = 1,
-    /// Too many comparisons waiting: the copy was sent, its answer not compared.
-    CompareBacklog = 2,
+    /// The live body could not be copied whole while it streamed: it passed the bound, or the
+    /// copy fell behind the live request.
+    Abandoned = 2,
 }
 
 impl MirrorDrop {
     pub const ALL: [MirrorDrop; 3] = [
         MirrorDrop::BodyTooLarge,
         MirrorDrop::Backlog,
-        MirrorDrop::CompareBacklog,
+        MirrorDrop::Abandoned,
     ];
     pub fn label(self) -> &'static str {
         match self {
             MirrorDrop::BodyTooLarge => "body_too_large",
             MirrorDrop::Backlog => "backlog",
-            MirrorDrop::CompareBacklog => "compare_backlog",
+            MirrorDrop::Abandoned => "abandoned",
         }
     }
 }
@@ -302,7 +303,7 @@ impl Metrics {
         .expect("static metric definition");
         let mirror_dropped = counter_vec(
             "scoregate_mirror_dropped_total",
-            "Mirrored copies not sent or not compared, by mirror deployment and reason (body_too_large, backlog, compare_backlog).",
+            "Mirrored copies not sent or not compared, by mirror deployment and reason (body_too_large, backlog, abandoned).",
             &["deployment", "reason"],
         );
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![

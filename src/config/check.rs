@@ -14,6 +14,7 @@ use super::raw::{Percent, RawDeployment, RawFile, RawTls, Setting};
 use super::yaml::Pos;
 use super::*;
 use crate::addr::InstanceAddr;
+use crate::shadow::CompareSettings;
 use crate::tls::Pair;
 
 /// A check's result and the errors it found.
@@ -61,7 +62,15 @@ pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Fi
     f.warnings.extend(check_ignored(raw));
     let (order, warning) = f.take(check_traffic(raw, &mut deployments));
     f.warnings.extend(warning);
-    let mirror = f.take(check_mirror(raw, &deployments));
+    let mirrors = f.take(check_mirror(raw, &deployments));
+    let (mirror_compare, mirror_max_body_bytes) = f.take(check_compare(raw));
+    if mirror_compare.is_some() && mirrors.is_empty() {
+        let pos = key_or_start(raw.mirror_compare.as_ref());
+        f.warnings.push(at(
+            pos,
+            "`mirror_compare` has no effect without `mirror_traffic`",
+        ));
+    }
 
     let (Some((listen, admin_listen)), Some((pin_header, sticky_header)), Some(limits)) =
         (listen, headers, limits)
@@ -86,7 +95,9 @@ pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Fi
         pin_header,
         sticky_header,
         deployments: ordered,
-        mirror,
+        mirrors,
+        mirror_compare,
+        mirror_max_body_bytes,
         auth,
         max_request_body_bytes: limits.max_request_body_bytes,
         client_header_timeout: limits.client_header_timeout,
@@ -822,62 +833,112 @@ fn names(deployments: &[DeploymentConfig]) -> String {
     names.join(", ")
 }
 
-/// `mirror_traffic`: at most one deployment, 0–50 percent, taking no live traffic. Runs after
-/// [`check_traffic`] (it reads the live weights).
-fn check_mirror(raw: &RawFile, deployments: &[DeploymentConfig]) -> Checked<Option<MirrorConfig>> {
+/// Mirror targets at most (Azure ML allows one; users ask for more).
+pub(crate) const MAX_MIRRORS: usize = 3;
+
+/// `mirror_traffic`: up to [`MAX_MIRRORS`] deployments, each 0–100 percent and taking no live
+/// traffic (0 turns one off). Runs after [`check_traffic`] (it reads the live weights).
+fn check_mirror(raw: &RawFile, deployments: &[DeploymentConfig]) -> Checked<Vec<MirrorConfig>> {
     let mut errors = Vec::new();
+    let mut mirrors = Vec::new();
     let Some(Setting {
         key,
         value: Some(p),
         ..
     }) = &raw.mirror_traffic
     else {
-        return (None, errors);
+        return (mirrors, errors);
     };
-    if p.entries.len() > 1 {
-        let message = "mirror_traffic names more than one deployment: mirror to one at a time";
+    if p.entries.len() > MAX_MIRRORS {
+        let message = format!(
+            "mirror_traffic names {} deployments: mirror to {MAX_MIRRORS} at most",
+            p.entries.len()
+        );
         errors.push(at(*key, message));
-        return (None, errors);
+        return (mirrors, errors);
     }
-    let Some(e) = p.entries.first() else {
-        return (None, errors);
-    };
-    let name = &e.name;
-    let mut ok = true;
-    if let Some(pct) = e.value
-        && !(0..=50).contains(&pct)
-    {
-        let message = format!("mirror percentage {pct} of `{name}` is out of range: 0 to 50");
-        errors.push(at(e.key, message));
-        ok = false;
-    }
-    match deployments.iter().find(|d| &d.name == name) {
-        Some(d) if d.weight > 0 => {
-            let message = format!(
-                "`{name}` takes {}% of live traffic: a mirror must be a deployment at 0% live weight",
-                d.weight
-            );
+    for e in &p.entries {
+        let name = &e.name;
+        let mut ok = true;
+        if let Some(pct) = e.value
+            && !(0..=100).contains(&pct)
+        {
+            let message = format!("mirror percentage {pct} of `{name}` is out of range: 0 to 100");
             errors.push(at(e.key, message));
             ok = false;
         }
-        Some(_) => {}
-        None => {
-            if has_deployments(raw) {
+        match deployments.iter().find(|d| &d.name == name) {
+            Some(d) if d.weight > 0 => {
                 let message = format!(
-                    "`mirror_traffic` names `{name}`, which is not a deployment (deployments: {})",
-                    names(deployments)
+                    "`{name}` takes {}% of live traffic: a mirror must be a deployment at 0% live weight",
+                    d.weight
                 );
                 errors.push(at(e.key, message));
+                ok = false;
             }
-            ok = false;
+            Some(_) => {}
+            None => {
+                if has_deployments(raw) {
+                    let message = format!(
+                        "`mirror_traffic` names `{name}`, which is not a deployment (deployments: {})",
+                        names(deployments)
+                    );
+                    errors.push(at(e.key, message));
+                }
+                ok = false;
+            }
+        }
+        if let (true, Some(pct)) = (ok, e.value)
+            && pct > 0
+            && let Ok(percent) = u8::try_from(pct)
+        {
+            mirrors.push(MirrorConfig {
+                deployment: name.clone(),
+                percent,
+            });
         }
     }
-    let mirror = match (ok, e.value) {
-        (true, Some(pct)) if pct > 0 => u8::try_from(pct).ok().map(|percent| MirrorConfig {
-            deployment: name.clone(),
-            percent,
-        }),
-        _ => None,
+    (mirrors, errors)
+}
+
+/// `mirror_compare`: tolerances, ignored JSON pointers and the body bound (at least 1 byte).
+/// Returns the comparison (none without the key) and the bound of mirrored request bodies.
+fn check_compare(raw: &RawFile) -> Checked<(Option<CompareSettings>, u64)> {
+    let mut errors = Vec::new();
+    let Some(s) = &raw.mirror_compare else {
+        return ((None, DEFAULT_MIRROR_MAX_BODY_BYTES), errors);
     };
-    (mirror, errors)
+    let Some(c) = &s.value else {
+        return ((None, DEFAULT_MIRROR_MAX_BODY_BYTES), errors);
+    };
+    let mut out = CompareSettings::default();
+    let mut copy_bound = DEFAULT_MIRROR_MAX_BODY_BYTES;
+    if let Some(v) = c.abs_tolerance.as_ref().and_then(|s| s.value) {
+        out.abs_tolerance = v;
+    }
+    if let Some(v) = c.rel_tolerance.as_ref().and_then(|s| s.value) {
+        out.rel_tolerance = v;
+    }
+    if let Some(Setting {
+        key,
+        value: Some(n),
+    }) = &c.max_body_bytes
+    {
+        if *n == 0 {
+            errors.push(at(*key, "mirror_compare.max_body_bytes must be at least 1"));
+        }
+        out.max_body_bytes = usize::try_from(*n).unwrap_or(usize::MAX);
+        copy_bound = *n;
+    }
+    for item in c.ignore.iter().flat_map(|s| s.value.iter().flatten()) {
+        match &item.text {
+            Some(p) if p.starts_with('/') => out.ignore.push(p.clone()),
+            Some(p) => errors.push(at(
+                item.at,
+                format!("mirror_compare.ignore: `{p}` is not a JSON pointer (they start with `/`, like /model_version)"),
+            )),
+            None => {}
+        }
+    }
+    ((Some(out), copy_bound), errors)
 }

@@ -32,7 +32,7 @@ mod raw;
 mod rewrite;
 mod yaml;
 
-pub use rewrite::{RewriteError, rewrite_traffic};
+pub use rewrite::{RewriteError, rewrite_mirror, rewrite_traffic};
 
 /// Default data-plane address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -254,9 +254,13 @@ impl fmt::Debug for Keys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorConfig {
     pub deployment: String,
-    /// 1–50.
+    /// 1–100.
     pub percent: u8,
 }
+
+/// Default bound of a mirrored request's body (without `mirror_compare.max_body_bytes`):
+/// 16 MiB, the default request body limit, so large tensors are mirrored too.
+pub const DEFAULT_MIRROR_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -276,7 +280,7 @@ pub fn parse_keys(text: &str) -> Vec<[u8; 32]> {
 }
 
 /// A fully validated endpoint file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointConfig {
     pub name: Option<String>,
     /// Data plane address. Default 127.0.0.1:8080.
@@ -289,8 +293,13 @@ pub struct EndpointConfig {
     pub sticky_header: Option<HeaderName>,
     /// Deployments in the order of the `traffic:` map first, then the others in file order.
     pub deployments: Vec<DeploymentConfig>,
-    /// Mirror of unpinned requests. Default none.
-    pub mirror: Option<MirrorConfig>,
+    /// Mirrors of unpinned requests (up to 3), each with its own share. Default none.
+    pub mirrors: Vec<MirrorConfig>,
+    /// How mirrored answers are compared with the live ones (`mirror_compare`). Default none:
+    /// copies' answers are read and discarded.
+    pub mirror_compare: Option<crate::shadow::CompareSettings>,
+    /// Largest request body copied to a mirror (`mirror_compare.max_body_bytes`, else 16 MiB).
+    pub mirror_max_body_bytes: u64,
     /// Default none.
     pub auth: Auth,
     /// Largest request body accepted. Default 16 MiB.

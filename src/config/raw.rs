@@ -17,6 +17,7 @@ const TOP_KEYS: &[&str] = &[
     "sticky_header",
     "traffic",
     "mirror_traffic",
+    "mirror_compare",
     "auth_mode",
     "keys_file",
     "max_request_body_bytes",
@@ -35,6 +36,7 @@ const DEPLOYMENT_KEYS: &[&str] = &[
     "headers",
     "bearer_key_file",
 ];
+const COMPARE_KEYS: &[&str] = &["abs_tolerance", "rel_tolerance", "ignore", "max_body_bytes"];
 const LISTENER_TLS_KEYS: &[&str] = &["cert_file", "key_file", "client_ca_file"];
 const UPSTREAM_TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file"];
 const REQUEST_KEYS: &[&str] = &[
@@ -61,6 +63,7 @@ pub(crate) struct RawFile {
     pub sticky_header: Option<Setting<String>>,
     pub traffic: Option<Setting<Percents>>,
     pub mirror_traffic: Option<Setting<Percents>>,
+    pub mirror_compare: Option<Setting<RawCompare>>,
     pub auth_mode: Option<Setting<String>>,
     pub keys_file: Option<Setting<String>>,
     pub max_request_body_bytes: Option<Setting<u64>>,
@@ -110,6 +113,16 @@ pub(crate) struct RawDeployment {
     pub headers: Option<Setting<Vec<RawHeader>>>,
     pub bearer_key_file: Option<Setting<String>>,
     pub suggested: Vec<&'static str>,
+}
+
+/// `mirror_compare:` as written.
+#[derive(Debug, Default)]
+pub(crate) struct RawCompare {
+    pub abs_tolerance: Option<Setting<f64>>,
+    pub rel_tolerance: Option<Setting<f64>>,
+    /// JSON pointers, each with its position.
+    pub ignore: Option<Setting<Vec<Item>>>,
+    pub max_body_bytes: Option<Setting<u64>>,
 }
 
 /// One header of `headers:`: its name, the name's position, its value.
@@ -169,6 +182,11 @@ const DEPLOYMENT: MapSpec = MapSpec {
     azure: true,
     what: "a deployment",
 };
+const COMPARE: MapSpec = MapSpec {
+    known: COMPARE_KEYS,
+    azure: false,
+    what: "mirror_compare",
+};
 const LISTENER_TLS: MapSpec = MapSpec {
     known: LISTENER_TLS_KEYS,
     azure: false,
@@ -206,7 +224,7 @@ const MIRROR: PercentSpec = PercentSpec {
     unit: "mirror percentage",
     units: "mirror percentages",
     example: 10,
-    max: 50,
+    max: 100,
 };
 
 /// The known keys of a map, each once, with its position and value.
@@ -441,6 +459,7 @@ impl Reader {
                 "mirror_traffic" => {
                     raw.mirror_traffic = Some(setting(k, self.percents(v, &MIRROR)))
                 }
+                "mirror_compare" => raw.mirror_compare = Some(setting(k, self.compare(v, key))),
                 "max_request_body_bytes" => {
                     let n = self.unsigned(v, key, u64::MAX, "u64");
                     raw.max_request_body_bytes = Some(setting(k, n));
@@ -578,6 +597,58 @@ impl Reader {
             });
         }
         Some(out)
+    }
+
+    /// A non-negative number, integer or not.
+    fn number(&mut self, node: &Node, path: &str) -> Option<f64> {
+        match node.scalar() {
+            Some(Scalar::Int(i)) if i >= 0 => Some(i as f64),
+            Some(Scalar::Float(f)) if f.is_finite() && f >= 0.0 => Some(f),
+            _ => {
+                self.invalid_type(node, path, "a number, 0 or more");
+                None
+            }
+        }
+    }
+
+    /// `mirror_compare:`.
+    fn compare(&mut self, node: &Node, path: &str) -> Option<RawCompare> {
+        let entries = self.map(node, path, "comparison settings: a mapping")?;
+        let known = self.known(entries, path, &COMPARE);
+        let mut c = RawCompare::default();
+        for (key, k, v) in known.found {
+            let path = child(path, key);
+            match key {
+                "abs_tolerance" => c.abs_tolerance = Some(setting(k, self.number(v, &path))),
+                "rel_tolerance" => c.rel_tolerance = Some(setting(k, self.number(v, &path))),
+                "max_body_bytes" => {
+                    let n = self.unsigned(v, &path, u64::MAX, "u64");
+                    c.max_body_bytes = Some(setting(k, n));
+                }
+                _ => {
+                    let items: &[Node] = match &v.kind {
+                        Kind::Seq(items) => items,
+                        _ if v.is_empty_plain() => &[],
+                        _ => {
+                            let expected = "a list of JSON pointers, like [/id, /model_version]";
+                            self.invalid_type(v, &path, expected);
+                            c.ignore = Some(setting(k, None));
+                            continue;
+                        }
+                    };
+                    let list = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| Item {
+                            at: item.pos(),
+                            text: self.string(item, &format!("{path}[{i}]")),
+                        })
+                        .collect();
+                    c.ignore = Some(setting(k, Some(list)));
+                }
+            }
+        }
+        Some(c)
     }
 
     /// A `tls:` map; which keys it may hold is `spec`'s.

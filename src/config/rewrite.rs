@@ -23,6 +23,32 @@ struct Edit {
     text: String,
 }
 
+/// The byte-order mark (kept where it is, outside what the parser sees), the text after it and
+/// its tree; the file as it is must be valid, its errors first.
+fn read<'a>(
+    src: &'a str,
+    path: &Path,
+) -> Result<(&'static str, &'a str, Option<Node>), RewriteError> {
+    let (bom, src) = match src.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", src),
+    };
+    parse_str(src, path)?;
+    let tree = yaml::parse(src).map_err(|errors| ConfigError {
+        path: path.to_path_buf(),
+        errors,
+    })?;
+    Ok((bom, src, tree))
+}
+
+/// The top-level entry `key`, if any.
+fn top_level<'t>(tree: &'t Option<Node>, key: &str) -> Option<&'t (Node, Node)> {
+    match tree.as_ref().map(|root| &root.kind) {
+        Some(Kind::Map(entries)) => entries.iter().find(|(k, _)| k.text() == Some(key)),
+        _ => None,
+    }
+}
+
 /// Returns `src` with the `traffic:` weights of `weights` set (others untouched) and validates
 /// the result as `check` does; `path` is used for messages and `keys_file`.
 pub fn rewrite_traffic(
@@ -30,21 +56,8 @@ pub fn rewrite_traffic(
     path: &Path,
     weights: &[(String, u8)],
 ) -> Result<(String, Loaded), RewriteError> {
-    // A byte-order mark stays where it is, outside what the parser sees.
-    let (bom, src) = match src.strip_prefix('\u{feff}') {
-        Some(rest) => ("\u{feff}", rest),
-        None => ("", src),
-    };
-    // The file as it is must be valid: its errors come first.
-    parse_str(src, path)?;
-    let tree = yaml::parse(src).map_err(|errors| ConfigError {
-        path: path.to_path_buf(),
-        errors,
-    })?;
-    let traffic = match tree.as_ref().map(|root| &root.kind) {
-        Some(Kind::Map(entries)) => entries.iter().find(|(k, _)| k.text() == Some("traffic")),
-        _ => None,
-    };
+    let (bom, src, tree) = read(src, path)?;
+    let traffic = top_level(&tree, "traffic");
     let entries: &[(Node, Node)] = match traffic {
         Some((
             _,
@@ -83,6 +96,45 @@ pub fn rewrite_traffic(
             return Err(RewriteError::NotFound("the `traffic:` weights".into()));
         }
         out.replace_range(start..end, &text);
+    }
+    let checked = parse_str(&out, path)?;
+    Ok((format!("{bom}{out}"), checked))
+}
+
+/// Returns `src` with `mirror_traffic:` set to `mirrors` (a flow map, `{}` when empty;
+/// added at the end when absent), everything else byte for byte, validated as `check` does.
+/// For `rollout --shadow`.
+pub fn rewrite_mirror(
+    src: &str,
+    path: &Path,
+    mirrors: &[(String, u8)],
+) -> Result<(String, Loaded), RewriteError> {
+    let (bom, src, tree) = read(src, path)?;
+    let map: Vec<String> = mirrors.iter().map(|(n, p)| format!("{n}: {p}")).collect();
+    let map = format!("{{{}}}", map.join(", "));
+    let entry = top_level(&tree, "mirror_traffic");
+    let mut out = src.to_string();
+    match entry {
+        Some((_, value)) if matches!(value.kind, Kind::Map(_)) => {
+            // A block map ends at its last value (what follows on that line stays); a flow
+            // map at its closing brace.
+            let flow = src.get(value.offset..).is_some_and(|t| t.starts_with('{'));
+            let end = match &value.kind {
+                Kind::Map(entries) if !flow => entries.last().map_or(value.end, |(_, v)| v.end),
+                _ => value.end,
+            };
+            if out.get(value.offset..end).is_none() {
+                return Err(RewriteError::NotFound("the `mirror_traffic:` map".into()));
+            }
+            out.replace_range(value.offset..end, &map);
+        }
+        Some(_) => return Err(RewriteError::NotFound("`mirror_traffic:` as a map".into())),
+        None => {
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("mirror_traffic: {map}\n"));
+        }
     }
     let checked = parse_str(&out, path)?;
     Ok((format!("{bom}{out}"), checked))
@@ -166,6 +218,29 @@ mod tests {
             Ok((out, _)) => out,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn the_mirror_is_set_replaced_and_cleared_leaving_the_rest() {
+        let src = "# blue live, green shadowed\ntraffic: {blue: 100, green: 0}\ndeployments:\n  blue: {instances: [127.0.0.1:9001]}\n  green: {instances: [127.0.0.1:9002]}\n";
+        let mirror = |src: &str, m: &[(&str, u8)]| {
+            let m: Vec<(String, u8)> = m.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+            rewrite_mirror(src, Path::new("t.yaml"), &m)
+        };
+        let (added, loaded) = mirror(src, &[("green", 100)]).unwrap();
+        assert_eq!(added, format!("{src}mirror_traffic: {{green: 100}}\n"));
+        assert_eq!(loaded.config.mirrors[0].percent, 100);
+        let (cleared, loaded) = mirror(&added, &[]).unwrap();
+        assert_eq!(cleared, format!("{src}mirror_traffic: {{}}\n"));
+        assert!(loaded.config.mirrors.is_empty());
+        let block = format!("{src}mirror_traffic:\n  green: 10   # a tenth\n");
+        let (set, _) = mirror(&block, &[("green", 50)]).unwrap();
+        assert_eq!(
+            set,
+            format!("{src}mirror_traffic:\n  {{green: 50}}   # a tenth\n")
+        );
+        // A live deployment cannot be mirrored: refused with the file's error.
+        assert!(mirror(src, &[("blue", 100)]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::*;
 const NAME_RULE: &str =
     "is invalid: use 3 to 32 characters, lowercase letters, digits and `-`, starting with a letter";
 const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
-    sticky_header, traffic, mirror_traffic, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, tls, admin_tls, deployments";
+    sticky_header, traffic, mirror_traffic, mirror_compare, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, tls, admin_tls, deployments";
 const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
     this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, \
     or `none` to silence this warning)";
@@ -923,16 +923,16 @@ fn sticky_header_must_differ_from_the_pin_header() {
 
 #[test]
 fn mirror_traffic_is_read() {
-    for percent in [1, 10, 50] {
+    for percent in [1, 10, 50, 100] {
         let src =
             format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: {percent}\n{BLUE_GREEN}");
         let c = clean(&src);
         assert_eq!(
-            c.mirror,
-            Some(MirrorConfig {
+            c.mirrors,
+            vec![MirrorConfig {
                 deployment: "green".into(),
                 percent,
-            }),
+            }],
             "{percent}"
         );
         assert_eq!(weights(&c), vec![("blue", 100), ("green", 0)]);
@@ -941,54 +941,113 @@ fn mirror_traffic_is_read() {
     let src =
         format!("traffic:\n  blue: 100\n  green: 0\nmirror_traffic: {{green: 25}}\n{BLUE_GREEN}");
     assert_eq!(
-        clean(&src).mirror,
-        Some(MirrorConfig {
+        clean(&src).mirrors,
+        vec![MirrorConfig {
             deployment: "green".into(),
             percent: 25,
-        })
+        }]
     );
     // The default is none.
-    assert_eq!(clean(BLUE).mirror, None);
+    assert_eq!(clean(BLUE).mirrors, vec![]);
 }
 
 #[test]
 fn mirror_traffic_of_0_percent_is_no_mirror() {
     let src = format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: 0\n{BLUE_GREEN}");
-    assert_eq!(clean(&src).mirror, None);
+    assert_eq!(clean(&src).mirrors, vec![]);
     // An empty map too.
     let src = format!("traffic:\n  blue: 100\nmirror_traffic: {{}}\n{BLUE_GREEN}");
-    assert_eq!(clean(&src).mirror, None);
+    assert_eq!(clean(&src).mirrors, vec![]);
 }
 
 #[test]
-fn mirror_traffic_to_two_deployments_is_refused() {
-    let src = "traffic:
-  blue: 100
-mirror_traffic:
-  green: 10
-  red: 5
-deployments:
+fn mirror_traffic_to_three_deployments_is_read_and_to_four_refused() {
+    let deployments = "deployments:
   blue:
     instances: [127.0.0.1:9001]
   green:
     instances: [127.0.0.1:9101]
   red:
     instances: [127.0.0.1:9201]
+  teal:
+    instances: [127.0.0.1:9301]
+  gray:
+    instances: [127.0.0.1:9401]
 ";
+    let three = format!(
+        "traffic:\n  blue: 100\nmirror_traffic:\n  green: 10\n  red: 100\n  teal: 5\n{deployments}"
+    );
+    let got: Vec<(String, u8)> = clean(&three)
+        .mirrors
+        .into_iter()
+        .map(|m| (m.deployment, m.percent))
+        .collect();
     assert_eq!(
-        errors(src),
+        got,
+        vec![
+            ("green".to_string(), 10),
+            ("red".to_string(), 100),
+            ("teal".to_string(), 5)
+        ]
+    );
+    let four = three.replace("  teal: 5\n", "  teal: 5\n  gray: 1\n");
+    assert_eq!(
+        errors(&four),
         vec![d(
             3,
             1,
-            "mirror_traffic names more than one deployment: mirror to one at a time"
+            "mirror_traffic names 4 deployments: mirror to 3 at most"
         )]
+    );
+}
+
+#[test]
+fn mirror_compare_is_read_with_its_defaults_and_checked() {
+    let src = format!(
+        "traffic:\n  blue: 100\nmirror_traffic: {{green: 20}}\nmirror_compare:\n  abs_tolerance: 1e-3\n  rel_tolerance: 0\n  ignore: [/model_version, /id]\n  max_body_bytes: 2048\n{BLUE_GREEN}"
+    );
+    let c = clean(&src);
+    let cmp = c.mirror_compare.unwrap();
+    assert_eq!((cmp.abs_tolerance, cmp.rel_tolerance), (1e-3, 0.0));
+    assert_eq!(cmp.ignore, vec!["/model_version", "/id"]);
+    assert_eq!((cmp.max_body_bytes, c.mirror_max_body_bytes), (2048, 2048));
+    let defaults = clean(&format!(
+        "traffic:\n  blue: 100\nmirror_traffic: {{green: 20}}\nmirror_compare: {{}}\n{BLUE_GREEN}"
+    ));
+    let cmp = defaults.mirror_compare.unwrap();
+    assert_eq!((cmp.abs_tolerance, cmp.rel_tolerance), (1e-6, 1e-4));
+    assert_eq!(cmp.max_body_bytes, 1024 * 1024);
+    assert_eq!(defaults.mirror_max_body_bytes, 16 * 1024 * 1024);
+    let bad = format!(
+        "traffic:\n  blue: 100\nmirror_traffic: {{green: 20}}\nmirror_compare:\n  abs_tolerance: -1\n  ignore: [model_version]\n  max_body_bytes: 0\n  tolerance: 1\n{BLUE_GREEN}"
+    );
+    assert_eq!(
+        errors(&bad),
+        vec![
+            d(
+                5,
+                18,
+                "mirror_compare.abs_tolerance: invalid type: integer `-1`, expected a number, 0 or more"
+            ),
+            d(
+                6,
+                12,
+                "mirror_compare.ignore: `model_version` is not a JSON pointer (they start with `/`, like /model_version)"
+            ),
+            d(7, 3, "mirror_compare.max_body_bytes must be at least 1"),
+            d(
+                8,
+                3,
+                "mirror_compare: unknown key `tolerance` in mirror_compare; expected one of: abs_tolerance, rel_tolerance, ignore, max_body_bytes"
+            ),
+        ]
     );
 }
 
 #[test]
 fn mirror_percentage_out_of_range_is_refused() {
     // Reported at the name, like an out-of-range weight.
-    for percent in [51, -1, 100] {
+    for percent in [101, -1, 1000] {
         let src =
             format!("traffic:\n  blue: 100\nmirror_traffic:\n  green: {percent}\n{BLUE_GREEN}");
         assert_eq!(
@@ -996,7 +1055,7 @@ fn mirror_percentage_out_of_range_is_refused() {
             vec![d(
                 4,
                 3,
-                &format!("mirror percentage {percent} of `green` is out of range: 0 to 50")
+                &format!("mirror percentage {percent} of `green` is out of range: 0 to 100")
             )],
             "{percent}"
         );
@@ -1081,7 +1140,7 @@ fn mirror_percentage_written_as_a_string_is_refused() {
             4,
             10,
             "mirror_traffic.green: mirror percentage 2.5 is not an integer: mirror percentages are \
-             whole percentages from 0 to 50"
+             whole percentages from 0 to 100"
         )]
     );
 }
@@ -1891,7 +1950,7 @@ deployments: 5
                 6,
                 25,
                 "mirror_traffic.green: invalid type: sequence, expected an integer mirror \
-                 percentage from 0 to 50"
+                 percentage from 0 to 100"
             ),
             d(
                 7,

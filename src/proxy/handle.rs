@@ -13,7 +13,6 @@ use http::uri::Uri;
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use rand::RngExt;
 use subtle::ConstantTimeEq;
 
 use crate::body::RequestBody;
@@ -28,6 +27,7 @@ use super::grpc;
 use super::mirror::Mirroring;
 use super::respond;
 use super::server::Peer;
+use crate::shadow::{Evidence, LiveTap};
 
 static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -48,10 +48,11 @@ impl Proxy {
         self.table.load().tls.clone()
     }
 
-    pub(crate) fn new(table: Arc<ArcSwap<Table>>) -> Self {
+    /// The data plane over the live `table`; shadow comparisons are recorded in `evidence`.
+    pub(crate) fn new(table: Arc<ArcSwap<Table>>, evidence: Arc<Evidence>) -> Self {
         Proxy {
             table,
-            mirroring: Mirroring::default(),
+            mirroring: Mirroring::new(evidence),
         }
     }
 
@@ -107,6 +108,7 @@ impl Proxy {
             request: pending,
             sent,
             deadline,
+            ..
         } = prepared;
         let choice = *choice;
         let dep = &table.deployments[choice.index];
@@ -127,10 +129,8 @@ impl Proxy {
             {
                 req.headers_mut().insert(header::HOST, v);
             }
-            if !choice.pinned && table.mirror.is_some() {
-                let roll = rand::rng().random_range(0..100u8);
-                let tee = self.mirroring.start(table, req, grpc, roll);
-                req.body_mut().set_tee(tee);
+            if !choice.pinned && !table.mirrors.is_empty() {
+                prepared.tap = self.mirroring.start_into(table, req, grpc);
             }
         }
 
@@ -171,6 +171,14 @@ impl Proxy {
                 None => true,
             };
         let metrics = count_trailers.then(|| dep.metrics.clone());
+        let tap = prepared.tap.take().map(|mut t| {
+            t.head(
+                parts.status.as_u16(),
+                grpc,
+                upstream::grpc_status(&parts.headers),
+            );
+            t
+        });
         // A REST answer that stalls for the request timeout is cut off; a gRPC stream may pause
         // between messages (a token stream, a client that paces its calls) for much longer.
         let idle = if grpc {
@@ -180,7 +188,7 @@ impl Proxy {
         };
         Ok(Response::from_parts(
             parts,
-            ResponseBody::upstream(body, slot, conn, idle, metrics),
+            ResponseBody::upstream(body, slot, conn, idle, metrics).with_tap(tap),
         ))
     }
 }
@@ -193,6 +201,8 @@ struct Prepared {
     sent: Option<Arc<AtomicBool>>,
     /// A gRPC client's `grpc-timeout`.
     deadline: Option<std::time::Duration>,
+    /// The live answer's tap, when mirrored copies compare with it.
+    tap: Option<Box<LiveTap>>,
 }
 
 /// Everything about a request that needs no waiting: the key, the declared body size, the
@@ -255,6 +265,7 @@ fn prepare(
         request: Some(Box::new(request)),
         sent,
         deadline,
+        tap: None,
     })
 }
 
@@ -402,7 +413,10 @@ mod tests {
         let loaded = config::parse_str(yaml, std::path::Path::new("t.yaml")).expect("valid");
         let table = crate::routing::compile(&loaded.config, &Default::default(), None)
             .apply(&crate::metrics::Metrics::new());
-        let proxy = Arc::new(Proxy::new(Arc::new(ArcSwap::from_pointee(table))));
+        let proxy = Arc::new(Proxy::new(
+            Arc::new(ArcSwap::from_pointee(table)),
+            Arc::default(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -438,6 +452,7 @@ mod tests {
     #[tokio::test]
     async fn the_per_request_future_fits_the_allocators_per_thread_cache() {
         let size = request_future_size().await;
+        eprintln!("FUTSIZE {size}");
         assert!(size <= 1032, "the per-request future is {size} bytes");
     }
 }

@@ -1,134 +1,323 @@
-//! Layer 4 (request path): traffic mirroring. A share of unpinned requests is copied to the
-//! mirror deployment in the background: the live request's body is teed frame by frame
-//! (`body::Tee`) and the copy's answer is read and discarded. A copy never delays or fails the
-//! live request: when the tee's channel is full, the body is larger than
-//! [`MIRROR_MAX_BODY`], [`MAX_IN_FLIGHT`] copies are out or no mirror instance is free, the
-//! copy is dropped and counted as `dropped`. A failed copy is classified like a live exchange
-//! (`upstream::classify`): the client's fault (its body not copied whole) counts as `dropped`,
-//! any other as `error`.
+//! Layer 4 (request path): traffic mirroring and shadow comparison. Each mirror target takes
+//! its own share of unpinned requests (rolled on its own); a copy goes to the target in the
+//! background: the live request's body is teed frame by frame (`body::Tee`, one tee for up to
+//! three copies) and the copy's answer is read. With `mirror_compare`, the live answer is
+//! tapped as it streams to the client (`shadow::LiveTap`) and each copy's task compares the two
+//! (`shadow::compare`), off the request path, recording the verdict (`shadow::Evidence`,
+//! `scoregate_shadow_*`).
+//!
+//! A copy never delays or fails the live request: a body over the mirror's bound, more than
+//! [`MAX_IN_FLIGHT`] copies out, no free mirror instance, or a copy falling behind the live
+//! body drops the copy, counted with its reason. A failed copy is classified like a live
+//! exchange (`upstream::classify`): the client's fault (its body not copied whole) counts as
+//! `dropped`, any other as `error`. A copy carries the mirror deployment's own `headers` and
+//! bearer key, never the live deployment's.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Body;
+use rand::RngExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{self, CopyBody, RequestBody, Tee};
-use crate::limits::MIRROR_MAX_BODY;
-use crate::routing::Table;
+use crate::metrics::MirrorDrop;
+use crate::routing::{Mirror, Table};
+use crate::shadow::{self, Evidence, LiveTap, LiveWaiter, Verdict};
 use crate::upstream::{self, Failure, Fault};
 
 /// Copies in flight at most; more are dropped.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Limits copies in flight.
+/// How long a copy waits for the live answer to end before its comparison is `incomparable`.
+const LIVE_WAIT: Duration = Duration::from_secs(60);
+
+/// Limits copies in flight; keeps what comparisons found.
 #[derive(Debug, Clone)]
 pub(super) struct Mirroring {
     in_flight: Arc<Semaphore>,
-}
-
-impl Default for Mirroring {
-    fn default() -> Self {
-        Mirroring {
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        }
-    }
+    evidence: Arc<Evidence>,
 }
 
 impl Mirroring {
-    /// Starts a copy of `req` (its head now, its body as it streams), when the table has a
-    /// mirror and the dice say so. Returns the tee to feed with the live body (`None`: no copy,
-    /// or a body that needs no tee because it is empty).
-    pub(super) fn start(
+    pub(super) fn new(evidence: Arc<Evidence>) -> Self {
+        Mirroring {
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            evidence,
+        }
+    }
+
+    /// [`Mirroring::start`] with the tee set on `req`'s body; returns the tap.
+    pub(super) fn start_into(
+        &self,
+        table: &Arc<Table>,
+        req: &mut Request<RequestBody>,
+        grpc: bool,
+    ) -> Option<Box<LiveTap>> {
+        let (tee, tap) = self.start(table, req, grpc);
+        req.body_mut().set_tee(tee);
+        tap
+    }
+
+    /// Starts the copies of `req` the dice ask for (its head now, its body as it streams).
+    /// Returns the tee to feed with the live body and, when answers are compared, the tap to
+    /// feed with the live answer (each `None` when not needed).
+    fn start(
         &self,
         table: &Arc<Table>,
         req: &Request<RequestBody>,
         grpc: bool,
-        roll: u8,
-    ) -> Option<Tee> {
+    ) -> (Option<Tee>, Option<Box<LiveTap>>) {
         let size = req.body().size_hint();
-        let mirror = table.mirror.as_ref()?;
-        if roll >= mirror.percent {
-            return None;
+        let empty = size.exact() == Some(0);
+        let mut tee: Option<Tee> = None;
+        let mut tap: Option<Box<LiveTap>> = None;
+        let mut rng = rand::rng();
+        for (index, mirror) in table.mirrors.iter().enumerate() {
+            if rng.random_range(0..100u8) >= mirror.percent {
+                continue;
+            }
+            if size.lower() > table.mirror_max_body {
+                dropped(mirror, MirrorDrop::BodyTooLarge);
+                continue;
+            }
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                dropped(mirror, MirrorDrop::Backlog);
+                continue;
+            };
+            let body = match (&mut tee, empty) {
+                (_, true) => body::empty_copy(),
+                (Some(t), false) => match t.add(size) {
+                    Some(b) => b,
+                    None => continue,
+                },
+                (None, false) => {
+                    let (t, b) = body::tee(size, table.mirror_max_body);
+                    tee = t;
+                    b
+                }
+            };
+            let live = table.compare.as_ref().map(|c| match &tap {
+                Some(t) => t.waiter(),
+                None => {
+                    let (t, w) = LiveTap::new(c.max_body_bytes);
+                    tap = Some(Box::new(t));
+                    w
+                }
+            });
+            let (head, ()) = upstream::copy_head(req, ()).into_parts();
+            let job = Copy {
+                table: table.clone(),
+                index,
+                grpc,
+                live,
+                evidence: self.evidence.clone(),
+                _permit: permit,
+            };
+            tokio::spawn(job.run(head, body));
         }
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            mirror.dropped.inc();
-            return None;
-        };
-        if size.lower() > MIRROR_MAX_BODY {
-            mirror.dropped.inc();
-            return None;
-        }
-        let (head, ()) = upstream::copy_head(req, ()).into_parts();
-        let (tee, body) = body::tee(size);
-        tokio::spawn(copy(table.clone(), head, body, grpc, permit));
-        tee
+        (tee, tap)
     }
 }
 
-/// Sends one copy — a gRPC call to the mirror's `grpc_instances` — and discards the answer,
-/// counting it `ok` (for a gRPC call: status OK), `error` or `dropped`.
-async fn copy(
+fn dropped(mirror: &Mirror, reason: MirrorDrop) {
+    mirror.dropped.inc();
+    mirror.shadow.dropped(reason);
+}
+
+/// One copy on its way to a mirror target.
+struct Copy {
     table: Arc<Table>,
-    head: http::request::Parts,
-    body: CopyBody,
+    /// Which of the table's mirrors.
+    index: usize,
     grpc: bool,
+    /// The live answer, when compared.
+    live: Option<LiveWaiter>,
+    evidence: Arc<Evidence>,
     _permit: OwnedSemaphorePermit,
-) {
-    let Some(mirror) = table.mirror.as_ref() else {
-        return;
-    };
-    let dep = &table.deployments[mirror.index];
-    let Some(slot) = dep.group(grpc).try_copy_slot() else {
-        mirror.dropped.inc();
-        return;
-    };
-    // A gRPC copy is sent whole: a gRPC server may answer as soon as it has the message and
-    // reset the rest of the stream, which a request body still trickling through the tee would
-    // turn into a spurious error.
-    let body = if grpc {
-        match body.collect().await {
-            Ok(whole) => RequestBody::buffered(whole.to_bytes(), u64::MAX),
-            Err(_) => {
-                mirror.dropped.inc();
-                return;
+}
+
+/// The copy's answer: status (gRPC status for a gRPC call), body up to the bound.
+struct CopyAnswer {
+    status: u16,
+    body: Vec<Bytes>,
+    over: bool,
+    ok: bool,
+}
+
+impl Copy {
+    /// Sends the copy — a gRPC call to the mirror's `grpc_instances` — reads its answer,
+    /// counts it `ok` (for a gRPC call: status OK), `error` or `dropped`, and compares it when
+    /// asked.
+    async fn run(self, head: http::request::Parts, body: CopyBody) {
+        let mirror = &self.table.mirrors[self.index];
+        let dep = &self.table.deployments[mirror.index];
+        let (method, path) = (head.method.clone(), head.uri.path().to_string());
+        let answer = self.exchange(head, body).await;
+        match &answer {
+            Ok(a) if a.ok => mirror.ok.inc(),
+            Ok(_) => mirror.error.inc(),
+            // Counted where it was dropped.
+            Err(None) => {}
+            // The live body could not be copied whole: the copy never went out complete.
+            Err(Some(f)) if upstream::classify(f).fault == Fault::Client => {
+                dropped(mirror, MirrorDrop::Abandoned)
+            }
+            Err(Some(f)) => {
+                tracing::debug!(deployment = %dep.name, error = ?f, "mirrored copy failed");
+                mirror.error.inc()
             }
         }
-    } else {
-        RequestBody::copy(body)
-    };
-    let mut pending = Some(Box::new(Request::from_parts(head, body)));
-    let instance = slot.instance();
-    let exchange = async {
-        let (resp, conn) = upstream::send(instance, &mut pending).await?;
-        let mut ok = !resp.status().is_server_error();
-        let in_headers = upstream::grpc_status(resp.headers());
-        let answer = resp.into_body().collect().await.map_err(Failure::Broken)?;
-        if grpc {
-            let in_trailers = answer.trailers().and_then(upstream::grpc_status);
-            ok &= in_headers.or(in_trailers) == Some(0);
-        }
-        conn.release(&slot);
-        Ok::<_, Failure>(ok)
-    };
-    let timeout = dep.settings.request_timeout;
-    let outcome = tokio::time::timeout(timeout, exchange)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::Timeout {
-                timeout_ms: timeout.as_millis() as u64,
-                body_sent: true,
-            })
-        });
-    match outcome {
-        Ok(true) => mirror.ok.inc(),
-        Ok(false) => mirror.error.inc(),
-        // The live body could not be copied whole: the copy never went out complete.
-        Err(f) if upstream::classify(&f).fault == Fault::Client => mirror.dropped.inc(),
-        Err(f) => {
-            tracing::debug!(deployment = %dep.name, error = ?f, "mirrored copy failed");
-            mirror.error.inc()
-        }
+        let (Some(mut live), Some(settings)) = (self.live, self.table.compare.as_ref()) else {
+            return;
+        };
+        let live = match tokio::time::timeout(LIVE_WAIT, live.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.clone(),
+            _ => None,
+        };
+        let (verdict_only, live, copy) = match (&live, &answer) {
+            (None, _) => (Some("the live answer did not end whole"), None, None),
+            (_, Err(_)) => (Some("the copy failed"), None, None),
+            (Some(l), Ok(_)) if l.over => (Some("answer over max_body_bytes"), None, None),
+            (Some(_), Ok(c)) if c.over => (Some("answer over max_body_bytes"), None, None),
+            (Some(l), Ok(c)) => (None, Some(l.clone()), Some(c)),
+        };
+        let (live_body, copy_body) = match (&live, copy) {
+            (Some(l), Some(c)) => (l.joined(), join(&c.body)),
+            _ => (Bytes::new(), Bytes::new()),
+        };
+        let outcome = match (verdict_only, &live, copy) {
+            (None, Some(l), Some(c)) => shadow::compare(
+                shadow::Answer {
+                    status: l.status,
+                    body: &live_body,
+                    grpc: self.grpc,
+                },
+                shadow::Answer {
+                    status: c.status,
+                    body: &copy_body,
+                    grpc: self.grpc,
+                },
+                settings,
+            ),
+            (why, _, _) => shadow::Outcome {
+                verdict: Verdict::Incomparable(why.unwrap_or("incomparable")),
+                max_difference: 0.0,
+            },
+        };
+        let result = match outcome.verdict {
+            Verdict::Match => 0,
+            Verdict::Mismatch(_) => 1,
+            Verdict::Incomparable(_) => 2,
+        };
+        mirror.shadow.compared(result, outcome.max_difference);
+        let seen = shadow::Seen {
+            deployment: &dep.name,
+            method: method.as_str(),
+            path: &path,
+            live_status: live.as_ref().map_or(0, |l| l.status),
+            copy_status: answer.as_ref().map_or(0, |c| c.status),
+            live_body: &live_body,
+            copy_body: &copy_body,
+        };
+        self.evidence.record(seen, &outcome, SystemTime::now());
     }
+
+    /// The exchange with one of the mirror's instances, within its request timeout. `Err(None)`:
+    /// the copy was dropped (and counted) before it went out.
+    async fn exchange(
+        &self,
+        head: http::request::Parts,
+        body: CopyBody,
+    ) -> Result<CopyAnswer, Option<Failure>> {
+        let mirror = &self.table.mirrors[self.index];
+        let dep = &self.table.deployments[mirror.index];
+        let grpc = self.grpc;
+        let Some(slot) = dep.group(grpc).try_copy_slot() else {
+            dropped(mirror, MirrorDrop::Backlog);
+            return Err(None);
+        };
+        // A gRPC copy is sent whole: a gRPC server may answer as soon as it has the message
+        // and reset the rest of the stream, which a request body still trickling through the
+        // tee would turn into a spurious error.
+        let body = if grpc {
+            match body.collect().await {
+                Ok(whole) => RequestBody::buffered(whole.to_bytes(), u64::MAX),
+                Err(_) => {
+                    dropped(mirror, MirrorDrop::Abandoned);
+                    return Err(None);
+                }
+            }
+        } else {
+            RequestBody::copy(body)
+        };
+        let instance = slot.instance();
+        let mut req = Request::from_parts(head, body);
+        if grpc {
+            // The live call's target was made for the live instance: its scheme may differ here.
+            super::grpc::to_h2(&mut req, instance.authority());
+        }
+        let mut pending = Some(Box::new(req));
+        let bound = self.table.compare.as_ref().map_or(0, |c| c.max_body_bytes);
+        let exchange = async {
+            let started = Instant::now();
+            let (resp, conn) = upstream::send(instance, &mut pending).await?;
+            mirror.shadow.copy_answered(started.elapsed());
+            let http_status = resp.status();
+            let in_headers = upstream::grpc_status(resp.headers());
+            let mut body = resp.into_body();
+            let mut out = CopyAnswer {
+                status: http_status.as_u16(),
+                body: Vec::new(),
+                over: false,
+                ok: !http_status.is_server_error(),
+            };
+            let (mut len, mut in_trailers) = (0usize, None);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(Failure::Broken)?;
+                if let Some(data) = frame.data_ref() {
+                    len += data.len();
+                    if len > bound {
+                        // Not compared (or past the bound): read on, keep nothing.
+                        out.over = bound > 0;
+                        out.body = Vec::new();
+                    } else {
+                        out.body.push(data.clone());
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    in_trailers = upstream::grpc_status(t);
+                }
+            }
+            if grpc {
+                let code = in_headers.or(in_trailers);
+                out.ok &= code == Some(0);
+                out.status = code.unwrap_or(2) as u16;
+            }
+            conn.release(&slot);
+            Ok::<_, Failure>(out)
+        };
+        let timeout = dep.settings.request_timeout;
+        let outcome = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                    body_sent: true,
+                })
+            });
+        outcome.map_err(Some)
+    }
+}
+
+/// A copy's body frames in one piece.
+fn join(frames: &[Bytes]) -> Bytes {
+    shadow::LiveAnswer {
+        status: 0,
+        body: frames.to_vec(),
+        over: false,
+    }
+    .joined()
 }

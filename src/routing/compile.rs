@@ -32,8 +32,10 @@ pub struct Compiled {
     keys: Option<Box<[[u8; 32]]>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     admin_tls: Option<Arc<rustls::ServerConfig>>,
-    /// (deployment index, percent, deployment name) of the mirror.
-    mirror: Option<(usize, u8, String)>,
+    /// (deployment index, percent, deployment name) of each mirror.
+    mirrors: Vec<(usize, u8, String)>,
+    compare: Option<Arc<crate::shadow::CompareSettings>>,
+    mirror_max_body: u64,
     unrouted: Option<Arc<DeploymentMetrics>>,
     /// Instances of kept deployments that are gone: (deployment, address).
     gone_instances: Vec<(String, String)>,
@@ -117,13 +119,17 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
             (o.metrics.clone(), addrs)
         })
         .collect();
-    let mirror = cfg.mirror.as_ref().and_then(|m| {
-        let index = cfg
-            .deployments
-            .iter()
-            .position(|d| d.name == m.deployment)?;
-        Some((index, m.percent, m.deployment.clone()))
-    });
+    let mirrors = cfg
+        .mirrors
+        .iter()
+        .filter_map(|m| {
+            let index = cfg
+                .deployments
+                .iter()
+                .position(|d| d.name == m.deployment)?;
+            Some((index, m.percent, m.deployment.clone()))
+        })
+        .collect();
     Compiled {
         deployments,
         cumulative,
@@ -137,7 +143,9 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
         },
         tls: cfg.tls.as_ref().map(|t| t.server.0.clone()),
         admin_tls: cfg.admin_tls.as_ref().map(|t| t.server.0.clone()),
-        mirror,
+        mirrors,
+        compare: cfg.mirror_compare.clone().map(Arc::new),
+        mirror_max_body: cfg.mirror_max_body_bytes,
         unrouted: previous.map(|t| t.unrouted.clone()),
         gone_instances,
         gone_deployments,
@@ -256,16 +264,21 @@ impl Compiled {
             .collect::<Vec<_>>()
             .join(", ")
             .into();
-        let mirror = self.mirror.map(|(index, percent, name)| {
-            let counter = |result: &str| metrics.mirror.with_label_values(&[&name, result]);
-            Mirror {
-                index,
-                percent,
-                ok: counter("ok"),
-                error: counter("error"),
-                dropped: counter("dropped"),
-            }
-        });
+        let mirrors = self
+            .mirrors
+            .into_iter()
+            .map(|(index, percent, name)| {
+                let counter = |result: &str| metrics.mirror.with_label_values(&[&name, result]);
+                Mirror {
+                    index,
+                    percent,
+                    ok: counter("ok"),
+                    error: counter("error"),
+                    dropped: counter("dropped"),
+                    shadow: metrics.shadow(&name),
+                }
+            })
+            .collect();
         let deployments: Box<[Deployment]> = self
             .deployments
             .into_iter()
@@ -329,7 +342,9 @@ impl Compiled {
                 .unwrap_or_else(|| Arc::new(metrics.unrouted())),
             sticky_header: self.sticky_header,
             sticky_bounds,
-            mirror,
+            mirrors,
+            compare: self.compare,
+            mirror_max_body: self.mirror_max_body,
             keys: self.keys,
             tls: self.tls,
             admin_tls: self.admin_tls,

@@ -207,8 +207,12 @@ pub struct Table {
     pub(crate) sticky_header: Option<HeaderName>,
     /// (exclusive cumulative hash bound, deployment index) for weights > 0, for sticky keys.
     sticky_bounds: Box<[(u32, usize)]>,
-    /// Where copies of unpinned requests go.
-    pub(crate) mirror: Option<Mirror>,
+    /// Where copies of unpinned requests go (up to 3, each rolled on its own).
+    pub(crate) mirrors: Box<[Mirror]>,
+    /// How the copies' answers are compared with the live ones (`None`: not compared).
+    pub(crate) compare: Option<Arc<crate::shadow::CompareSettings>>,
+    /// Largest request body copied to a mirror.
+    pub(crate) mirror_max_body: u64,
     /// SHA-256 digests of the accepted keys (`auth_mode: key`).
     pub(crate) keys: Option<Box<[[u8; 32]]>>,
     /// The data-plane listener's TLS, read per new connection (certificates rotate with the
@@ -218,15 +222,17 @@ pub struct Table {
     pub(crate) admin_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// The live mirror: deployment, share of unpinned requests and its counters.
+/// A live mirror: deployment, share of unpinned requests and its counters.
 #[derive(Debug)]
 pub(crate) struct Mirror {
     pub(crate) index: usize,
-    /// 1–50.
+    /// 1–100.
     pub(crate) percent: u8,
     pub(crate) ok: prometheus::IntCounter,
     pub(crate) error: prometheus::IntCounter,
     pub(crate) dropped: prometheus::IntCounter,
+    /// Comparisons, drops by reason, the copy's answer time.
+    pub(crate) shadow: crate::metrics::ShadowMetrics,
 }
 
 /// The outcome of choosing a deployment.

@@ -4,9 +4,11 @@
 
 mod compare;
 mod evidence;
+mod live;
 
 pub use compare::{
     Answer, CompareSettings, DEFAULT_ABS_TOLERANCE, DEFAULT_COMPARE_MAX_BYTES,
     DEFAULT_REL_TOLERANCE, Difference, Outcome, Verdict, compare,
 };
 pub use evidence::{Evidence, KEPT_BODY_BYTES, KEPT_MISMATCHES, Seen, WINDOW};
+pub use live::{LiveAnswer, LiveTap, LiveWaiter};

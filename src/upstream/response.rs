@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::instance::{Conn, Conns, Lease, Slot};
 use crate::metrics::DeploymentMetrics;
+use crate::shadow::LiveTap;
 
 /// The connection an answer arrives on, held until it has streamed.
 pub(crate) enum Held {
@@ -48,6 +49,8 @@ pub(crate) struct UpstreamBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// For a gRPC call whose status comes in the trailers: where to count it.
     grpc: Option<Arc<DeploymentMetrics>>,
+    /// The live answer's tap for shadow comparison (`None`: not compared, nothing to do).
+    tap: Option<Box<LiveTap>>,
 }
 
 impl Drop for UpstreamBody {
@@ -94,7 +97,16 @@ impl ResponseBody {
             idle,
             timer: None,
             grpc,
+            tap: None,
         })
+    }
+
+    /// Hands the answer, as it streams, to the copies comparing with it.
+    pub(crate) fn with_tap(mut self, tap: Option<Box<LiveTap>>) -> Self {
+        if let ResponseBody::Upstream(up) = &mut self {
+            up.tap = tap;
+        }
+        self
     }
 }
 
@@ -103,6 +115,9 @@ impl UpstreamBody {
     fn finish(&mut self) {
         if let (Some(slot), Some(conn)) = (self.slot.take(), self.conn.take()) {
             conn.release(&slot);
+        }
+        if let Some(tap) = self.tap.take() {
+            tap.end();
         }
         // A gRPC answer that ended without a status.
         if let Some(m) = self.grpc.take() {
@@ -113,6 +128,7 @@ impl UpstreamBody {
     /// The answer broke off: the connection is dropped and the instance charged a failure.
     fn fail(&mut self) {
         self.conn.take();
+        self.tap = None;
         if let Some(slot) = self.slot.take() {
             slot.instance().record_failure();
         }
@@ -155,6 +171,13 @@ impl Body for ResponseBody {
         };
         match Pin::new(&mut up.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(tap) = up.tap.as_deref_mut() {
+                    match (frame.data_ref(), frame.trailers_ref()) {
+                        (Some(data), _) => tap.data(data),
+                        (_, Some(t)) => tap.grpc_status(grpc_status(t).unwrap_or(GRPC_UNKNOWN)),
+                        _ => {}
+                    }
+                }
                 if up.grpc.is_some() {
                     up.trailers(&frame);
                 }
