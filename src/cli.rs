@@ -125,8 +125,8 @@ enum Command {
         /// INTERNAL (0.0 to 1.0).
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         error_rate: f64,
-        /// Share of inputs (rows) whose prediction is off by +1.0, the same inputs every time
-        /// (0.0 to 1.0): a model that disagrees on a known share, for shadow comparison.
+        /// Share of predictions that are off by +1.0, each rolled at random (0.0 to 1.0): a
+        /// model that disagrees on a known share, for shadow comparison.
         #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
         disagree_rate: f64,
         /// Uniform noise of up to ± this added to every prediction.

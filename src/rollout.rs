@@ -47,6 +47,18 @@ pub(crate) struct Options {
     /// Ask before each step.
     #[arg(long)]
     pub(crate) confirm: bool,
+    /// Before any live step, mirror unpinned requests to the target (at 0% live) for this
+    /// long, like 2m, and judge its answers against the live ones: a breach removes the mirror
+    /// and stops before any user has seen the target. Default: no shadow step.
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) shadow: Option<Duration>,
+    /// The share of unpinned requests mirrored in the shadow step, in percent.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub(crate) shadow_percent: u8,
+    /// Largest share of compared answers that may disagree with the live ones in the shadow
+    /// step.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) max_mismatch: f64,
 }
 
 /// A duration flag like `60s`, `2m` or `500ms`.
@@ -143,6 +155,49 @@ fn sample(text: &str, deployment: &str) -> Sample {
     s
 }
 
+/// The target's mirrored copies (answered `ok`/`error`, with their answer-time buckets) as a
+/// [`Sample`], and its comparisons: match, mismatch, incomparable.
+fn shadow_sample(text: &str, deployment: &str) -> (Sample, [u64; 3]) {
+    let mut s = Sample::default();
+    let mut compared = [0u64; 3];
+    for line in text.lines().filter(|l| l.starts_with("scoregate_")) {
+        let Some((name, labels, value)) = parse_line(line) else {
+            continue;
+        };
+        if labels.get("deployment") != Some(&deployment) {
+            continue;
+        }
+        let result = labels.get("result").copied().unwrap_or("");
+        match name {
+            "scoregate_mirror_requests_total" if result != "dropped" => {
+                s.requests += value as u64;
+                if result == "error" {
+                    s.errors += value as u64;
+                }
+            }
+            "scoregate_shadow_comparisons_total" => {
+                if let Some(i) = crate::metrics::SHADOW_RESULTS
+                    .iter()
+                    .position(|r| *r == result)
+                {
+                    compared[i] += value as u64;
+                }
+            }
+            "scoregate_mirror_duration_seconds_bucket" => {
+                let le = match labels.get("le") {
+                    Some(&"+Inf") => f64::INFINITY,
+                    Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                    None => continue,
+                };
+                s.buckets.push((le, value as u64));
+            }
+            _ => {}
+        }
+    }
+    s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (s, compared)
+}
+
 /// The window between two samples: requests, error ratio, p99 in ms.
 fn window(then: &Sample, now: &Sample) -> (u64, f64, Option<f64>) {
     let n = now.requests.saturating_sub(then.requests);
@@ -199,9 +254,14 @@ impl Admin {
 
     /// The live traffic map of the proxy, from `/config`.
     async fn traffic(&self) -> Result<Vec<(String, u8)>, String> {
+        self.percents("traffic").await
+    }
+
+    /// A map of deployment to percent of `/config` (`traffic`, `mirror`), sorted.
+    async fn percents(&self, key: &str) -> Result<Vec<(String, u8)>, String> {
         let text = self.get("/config").await?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        let mut out: Vec<(String, u8)> = v["traffic"]
+        let mut out: Vec<(String, u8)> = v[key]
             .as_object()
             .map(|m| {
                 m.iter()
@@ -239,6 +299,128 @@ fn restore(
     } else {
         ops::set_weights(path, weights).map(|_| ())
     }
+}
+
+/// The shadow step: mirrors `opts.shadow_percent` of unpinned requests to the target for
+/// `period`, then judges its answers (mismatch ratio), its errors and its p99 from the proxy's
+/// metrics. The file is back to `original_text` when it returns, whatever happened; `Some`
+/// is why the target failed.
+async fn shadow_step(
+    path: &Path,
+    opts: &Options,
+    admin: &Admin,
+    original_text: &str,
+    period: Duration,
+) -> Result<Option<String>, RolloutError> {
+    let mirror = [(opts.to.clone(), opts.shadow_percent)];
+    let (text, _) = config::rewrite_mirror(original_text, path, &mirror, true)
+        .map_err(|e| RolloutError::Setup(format!("cannot add the shadow mirror: {e}")))?;
+    ops::write_atomically(path, text.as_bytes())?;
+    let put_back = || ops::write_atomically(path, original_text.as_bytes());
+    println!(
+        "shadow: {}% of unpinned requests copied to {} for {} s, its answers compared with the live ones",
+        opts.shadow_percent,
+        opts.to,
+        period.as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match admin.percents("mirror").await {
+            Ok(m) if m == mirror => break,
+            _ if Instant::now() > deadline => {
+                put_back()?;
+                return Ok(Some(format!(
+                    "the proxy at {} did not apply the shadow mirror within 10 s (is it serving {}?)",
+                    admin.base,
+                    path.display()
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup);
+    let (start, start_cmp) = match start_text {
+        Ok(t) => shadow_sample(&t, &opts.to),
+        Err(e) => {
+            put_back()?;
+            return Err(e);
+        }
+    };
+    let began = Instant::now();
+    let judged = loop {
+        let left = period.saturating_sub(began.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(left.min(Duration::from_secs(5))) => {}
+            _ = tokio::signal::ctrl_c() => {
+                put_back()?;
+                return Ok(Some("interrupted".into()));
+            }
+        }
+        let Ok(text) = admin.get("/metrics").await else {
+            continue;
+        };
+        let (now, cmp) = shadow_sample(&text, &opts.to);
+        let (n, errors, p99) = window(&start, &now);
+        let [m, mm, inc] = [0, 1, 2].map(|i| cmp[i].saturating_sub(start_cmp[i]));
+        let mismatch = if m + mm == 0 {
+            0.0
+        } else {
+            mm as f64 / (m + mm) as f64
+        };
+        println!(
+            "  shadow | {:>3} s left | {}: {n} copies, {} compared, mismatch {:.2}%, {inc} incomparable, errors {:.1}%, p99 {}",
+            period.saturating_sub(began.elapsed()).as_secs(),
+            opts.to,
+            m + mm,
+            mismatch * 100.0,
+            errors * 100.0,
+            fmt_p99(p99)
+        );
+        if began.elapsed() >= period {
+            break (n, m + mm, mismatch, errors, p99);
+        }
+    };
+    put_back()?;
+    let (n, compared, mismatch, errors, p99) = judged;
+    let breach = if compared < opts.min_requests {
+        Some(format!(
+            "not enough answers compared to judge: {compared} of {n} copies to {} (need at least {})",
+            opts.to, opts.min_requests
+        ))
+    } else if mismatch > opts.max_mismatch {
+        Some(format!(
+            "{:.1}% of {compared} answers of {} disagree with the live ones, above the limit of {}% (see /shadow on the admin listener)",
+            mismatch * 100.0,
+            opts.to,
+            opts.max_mismatch * 100.0
+        ))
+    } else if errors > opts.max_error_rate {
+        Some(format!(
+            "error ratio {:.1}% of {n} copies to {} is above the limit of {}%",
+            errors * 100.0,
+            opts.to,
+            opts.max_error_rate * 100.0
+        ))
+    } else if p99.is_some_and(|p| p > opts.max_p99_ms) {
+        Some(format!(
+            "p99 latency {} of {}'s copies is above the limit of {} ms",
+            fmt_p99(p99),
+            opts.to,
+            opts.max_p99_ms
+        ))
+    } else {
+        None
+    };
+    match &breach {
+        Some(reason) => println!("shadow FAILED: {reason}; mirror removed"),
+        None => println!(
+            "shadow passed: {compared} answers compared, mismatch {:.2}%, errors {:.2}%, p99 {}; mirror removed",
+            mismatch * 100.0,
+            errors * 100.0,
+            fmt_p99(p99)
+        ),
+    }
+    Ok(breach)
 }
 
 /// Runs the rollout, printing progress on stdout.
@@ -289,6 +471,19 @@ pub(crate) async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutE
         opts.min_requests
     );
     println!("start: {}", show(&original));
+    if let Some(period) = opts.shadow {
+        if original.iter().any(|(d, w)| *d == opts.to && *w > 0) {
+            return Err(RolloutError::Setup(format!(
+                "--shadow needs {} at 0% live (a mirror takes no live traffic); it is at {}",
+                opts.to,
+                show(&original)
+            )));
+        }
+        if let Some(reason) = shadow_step(path, opts, &admin, &original_text, period).await? {
+            println!("rolled back: {} (the file is as before)", show(&original));
+            return Ok(Outcome::RolledBack(format!("shadow: {reason}")));
+        }
+    }
     let written_cell = std::cell::RefCell::new(None::<String>);
     let result: Result<Outcome, RolloutError> = async {
         let tty = std::io::stdout().is_terminal();

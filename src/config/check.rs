@@ -930,6 +930,10 @@ fn check_compare(raw: &RawFile) -> Checked<(Option<CompareSettings>, u64)> {
         out.max_body_bytes = usize::try_from(*n).unwrap_or(usize::MAX);
         copy_bound = *n;
     }
+    if c.ignore.is_some() {
+        // Written: exactly what it lists (`ignore: []` ignores nothing).
+        out.ignore.clear();
+    }
     for item in c.ignore.iter().flat_map(|s| s.value.iter().flatten()) {
         match &item.text {
             Some(p) if p.starts_with('/') => out.ignore.push(p.clone()),

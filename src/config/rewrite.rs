@@ -102,12 +102,13 @@ pub fn rewrite_traffic(
 }
 
 /// Returns `src` with `mirror_traffic:` set to `mirrors` (a flow map, `{}` when empty;
-/// added at the end when absent), everything else byte for byte, validated as `check` does.
-/// For `rollout --shadow`.
+/// added at the end when absent) and, with `compare`, `mirror_compare: {}` added when the file
+/// has none; everything else byte for byte, validated as `check` does. For `rollout --shadow`.
 pub fn rewrite_mirror(
     src: &str,
     path: &Path,
     mirrors: &[(String, u8)],
+    compare: bool,
 ) -> Result<(String, Loaded), RewriteError> {
     let (bom, src, tree) = read(src, path)?;
     let map: Vec<String> = mirrors.iter().map(|(n, p)| format!("{n}: {p}")).collect();
@@ -135,6 +136,12 @@ pub fn rewrite_mirror(
             }
             out.push_str(&format!("mirror_traffic: {map}\n"));
         }
+    }
+    if compare && top_level(&tree, "mirror_compare").is_none() {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("mirror_compare: {}\n");
     }
     let checked = parse_str(&out, path)?;
     Ok((format!("{bom}{out}"), checked))
@@ -225,7 +232,7 @@ mod tests {
         let src = "# blue live, green shadowed\ntraffic: {blue: 100, green: 0}\ndeployments:\n  blue: {instances: [127.0.0.1:9001]}\n  green: {instances: [127.0.0.1:9002]}\n";
         let mirror = |src: &str, m: &[(&str, u8)]| {
             let m: Vec<(String, u8)> = m.iter().map(|(n, p)| (n.to_string(), *p)).collect();
-            rewrite_mirror(src, Path::new("t.yaml"), &m)
+            rewrite_mirror(src, Path::new("t.yaml"), &m, false)
         };
         let (added, loaded) = mirror(src, &[("green", 100)]).unwrap();
         assert_eq!(added, format!("{src}mirror_traffic: {{green: 100}}\n"));
@@ -239,6 +246,13 @@ mod tests {
             set,
             format!("{src}mirror_traffic:\n  {{green: 50}}   # a tenth\n")
         );
+        // With a comparison: `mirror_compare: {}` (its defaults) unless the file has one.
+        let m = [("green".to_string(), 100)];
+        let (compared, loaded) = rewrite_mirror(src, Path::new("t.yaml"), &m, true).unwrap();
+        assert!(compared.ends_with("mirror_traffic: {green: 100}\nmirror_compare: {}\n"));
+        assert!(loaded.config.mirror_compare.is_some());
+        let (again, _) = rewrite_mirror(&compared, Path::new("t.yaml"), &m, true).unwrap();
+        assert_eq!(again, compared);
         // A live deployment cannot be mirrored: refused with the file's error.
         assert!(mirror(src, &[("blue", 100)]).is_err());
     }

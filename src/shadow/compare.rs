@@ -12,7 +12,8 @@ pub struct CompareSettings {
     /// Default 1e-4.
     pub rel_tolerance: f64,
     /// JSON pointers skipped, each with everything below it; a `*` segment matches any key or
-    /// index. Default none.
+    /// index. Default [`DEFAULT_IGNORE`]: what names the deployment, version or request rather
+    /// than the prediction.
     pub ignore: Vec<String>,
     /// Largest answer (each side) compared; a larger one is `incomparable`. Default 1 MiB.
     pub max_body_bytes: usize,
@@ -22,6 +23,15 @@ pub struct CompareSettings {
 pub const DEFAULT_ABS_TOLERANCE: f64 = 1e-6;
 /// Default `rel_tolerance`.
 pub const DEFAULT_REL_TOLERANCE: f64 = 1e-4;
+/// Default `ignore`: fields that name who answered or which request, not what was predicted
+/// (the Open Inference Protocol's and the built-in server's).
+pub const DEFAULT_IGNORE: [&str; 5] = [
+    "/model_version",
+    "/id",
+    "/deployment",
+    "/model",
+    "/parameters/deployment",
+];
 /// Default `max_body_bytes` of a compared answer.
 pub const DEFAULT_COMPARE_MAX_BYTES: usize = 1024 * 1024;
 
@@ -30,7 +40,7 @@ impl Default for CompareSettings {
         CompareSettings {
             abs_tolerance: DEFAULT_ABS_TOLERANCE,
             rel_tolerance: DEFAULT_REL_TOLERANCE,
-            ignore: Vec::new(),
+            ignore: DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect(),
             max_body_bytes: DEFAULT_COMPARE_MAX_BYTES,
         }
     }

@@ -7,7 +7,7 @@ mod evidence;
 mod live;
 
 pub use compare::{
-    Answer, CompareSettings, DEFAULT_ABS_TOLERANCE, DEFAULT_COMPARE_MAX_BYTES,
+    Answer, CompareSettings, DEFAULT_ABS_TOLERANCE, DEFAULT_COMPARE_MAX_BYTES, DEFAULT_IGNORE,
     DEFAULT_REL_TOLERANCE, Difference, Outcome, Verdict, compare,
 };
 pub use evidence::{Evidence, KEPT_BODY_BYTES, KEPT_MISMATCHES, Seen, WINDOW};
