@@ -140,19 +140,24 @@ fn sample(text: &str, deployment: &str) -> Sample {
                     s.errors += value as u64;
                 }
             }
-            "scoregate_request_duration_seconds_bucket" => {
-                let le = match labels.get("le") {
-                    Some(&"+Inf") => f64::INFINITY,
-                    Some(v) => v.parse().unwrap_or(f64::INFINITY),
-                    None => continue,
-                };
-                s.buckets.push((le, value as u64));
-            }
+            "scoregate_request_duration_seconds_bucket" => s.bucket(&labels, value),
             _ => {}
         }
     }
     s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     s
+}
+
+impl Sample {
+    /// One histogram bucket line (`le` and its cumulative count).
+    fn bucket(&mut self, labels: &BTreeMap<&str, &str>, value: f64) {
+        let le = match labels.get("le") {
+            Some(&"+Inf") => f64::INFINITY,
+            Some(v) => v.parse().unwrap_or(f64::INFINITY),
+            None => return,
+        };
+        self.buckets.push((le, value as u64));
+    }
 }
 
 /// The target's mirrored copies (answered `ok`/`error`, with their answer-time buckets) as a
@@ -183,14 +188,7 @@ fn shadow_sample(text: &str, deployment: &str) -> (Sample, [u64; 3]) {
                     compared[i] += value as u64;
                 }
             }
-            "scoregate_mirror_duration_seconds_bucket" => {
-                let le = match labels.get("le") {
-                    Some(&"+Inf") => f64::INFINITY,
-                    Some(v) => v.parse().unwrap_or(f64::INFINITY),
-                    None => continue,
-                };
-                s.buckets.push((le, value as u64));
-            }
+            "scoregate_mirror_duration_seconds_bucket" => s.bucket(&labels, value),
             _ => {}
         }
     }
