@@ -418,14 +418,23 @@ async fn demo_listener(
 /// `scoregate demo`: scoring servers for every instance of the file (`blue` runs model v1,
 /// `green` v2, other deployments alternate by position), REST on `instances` and gRPC on
 /// `grpc_instances` (the n-th of each share one server), then the proxy.
-pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError> {
+pub(crate) async fn demo(
+    path: PathBuf,
+    drain: Duration,
+    disagreeing_green: Option<f64>,
+) -> Result<(), AppError> {
     let loaded = config::load_file(&path)?;
     for (i, d) in loaded.config.deployments.iter().enumerate() {
         let model = match d.name.as_str() {
             "blue" => Model::V1,
+            "green" if disagreeing_green.is_some() => Model::V1,
             "green" => Model::V2,
             _ if i % 2 == 0 => Model::V1,
             _ => Model::V2,
+        };
+        let disagree_rate = match d.name.as_str() {
+            "green" => disagreeing_green.unwrap_or(0.0),
+            _ => 0.0,
         };
         for n in 0..d.instances.len().max(d.grpc_instances.len()) {
             let rest = demo_listener("demo scoring server", d.instances.get(n)).await?;
@@ -433,7 +442,10 @@ pub(crate) async fn demo(path: PathBuf, drain: Duration) -> Result<(), AppError>
             if rest.is_none() && grpc.is_none() {
                 continue;
             }
-            let server = ScoreServer::new(&d.name, model);
+            let server = ScoreServer {
+                disagree_rate,
+                ..ScoreServer::new(&d.name, model)
+            };
             tokio::spawn(server.serve(rest, grpc));
         }
     }

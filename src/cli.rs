@@ -47,6 +47,10 @@ enum Command {
         /// Seconds requests in flight get to finish after Ctrl-C.
         #[arg(long, default_value_t = 30)]
         drain_timeout: u64,
+        /// Start green as a retrained v1 whose predictions are off on this share (0.0 to 1.0)
+        /// instead of model v2: a candidate to judge by shadow comparison.
+        #[arg(long, value_parser = parse_rate)]
+        disagreeing_green: Option<f64>,
     },
     /// Validate an endpoint file and print its traffic table.
     Check {
@@ -222,7 +226,15 @@ pub fn main() -> ExitCode {
             Command::Demo {
                 config,
                 drain_timeout,
-            } => app::exit(app::demo(config, Duration::from_secs(drain_timeout)).await),
+                disagreeing_green,
+            } => app::exit(
+                app::demo(
+                    config,
+                    Duration::from_secs(drain_timeout),
+                    disagreeing_green,
+                )
+                .await,
+            ),
             Command::ScoreServer {
                 name,
                 listen,

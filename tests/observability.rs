@@ -325,6 +325,8 @@ async fn traffic() -> Traffic {
             .deployment("blue", &[blue.addr], Some(90))
             .deployment("green", &[green.addr], Some(10))
             .deployment("red", &[red.addr], Some(0))
+            // red is also judged by its answers (always 500: every one disagrees).
+            .extra("mirror_traffic: {red: 10}\nmirror_compare: {}")
             .yaml(),
     );
     let mut t = Traffic {
@@ -629,4 +631,11 @@ async fn headless_chromium_renders_the_live_status_page() {
         .unwrap_or_else(|_| panic!("rate text {text:?}"));
     assert!(number > 0.0, "blue's rendered rate is {number}");
     assert!(dom.contains("id=\"generation\""));
+    // The mirror's agreement: red answers 500 to everything, so none of its answers agree.
+    assert!(
+        dom.contains(
+            "mirroring 10% of unpinned requests to red · answers agree 0.0% (last minute)"
+        ),
+        "no agreement line for the mirror:\n{dom}"
+    );
 }
