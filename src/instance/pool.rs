@@ -1,5 +1,5 @@
 //! Layer 2 (one instance): the instance's idle HTTP/1 connections, a bounded lock-free queue,
-//! and how a new connection is opened.
+//! and how a new connection is opened (TCP, then TLS when the instance has it).
 
 use std::time::{Duration, Instant};
 
@@ -7,10 +7,13 @@ use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
 use crate::limits::MAX_BUF_BYTES;
+
+use super::tls::Tls;
 
 /// How long an idle pooled connection is kept. Shorter than the keep-alive timeouts of common
 /// scoring servers (5 s for uvicorn and Node), so the pool rarely offers a connection the
@@ -101,18 +104,28 @@ impl Pool {
 }
 
 /// A TCP connection to `addr` (a DNS name is resolved by the system).
-pub(crate) async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStream> {
+async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStream> {
     match addr.socket_addr() {
         Some(a) => TcpStream::connect(a).await,
         None => TcpStream::connect(addr.as_str()).await,
     }
 }
 
-/// A new TCP connection to `addr` for HTTP, without Nagle's delay.
-pub(super) async fn open(addr: &InstanceAddr) -> std::io::Result<TokioIo<TcpStream>> {
-    let stream = tcp_connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(stream))
+/// A new connection to `addr` for HTTP, without Nagle's delay: TCP, then the TLS handshake
+/// when the instance has `tls`.
+pub(super) async fn open(addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Result<Stream> {
+    let tcp = tcp_connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(match tls {
+        None => Stream::Tcp(TokioIo::new(tcp)),
+        Some(tls) => Stream::Tls(TokioIo::new(tls.handshake(tcp).await?)),
+    })
+}
+
+/// An open connection to an instance, cleartext or TLS, for hyper's handshakes.
+pub(super) enum Stream {
+    Tcp(TokioIo<TcpStream>),
+    Tls(TokioIo<TlsStream<TcpStream>>),
 }
 
 /// Drives an upstream connection in its own task until it ends.
@@ -127,16 +140,27 @@ where
     });
 }
 
-/// An HTTP/1.1 connection to `addr`, driven by its own task.
-pub(crate) async fn connect(addr: &InstanceAddr) -> std::io::Result<Conn> {
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(MAX_BUF_BYTES)
-        .handshake(open(addr).await?)
-        .await
-        .map_err(std::io::Error::other)?;
-    drive(conn);
+/// An HTTP/1.1 connection to `addr` (over TLS with `tls`), driven by its own task.
+pub(crate) async fn connect(addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Result<Conn> {
+    let sender = match open(addr, tls).await? {
+        Stream::Tcp(io) => handshake(io).await?,
+        Stream::Tls(io) => handshake(io).await?,
+    };
     Ok(Conn {
         sender,
         idle_for: None,
     })
+}
+
+async fn handshake<I>(io: I) -> std::io::Result<SendRequest<RequestBody>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_BUF_BYTES)
+        .handshake(io)
+        .await
+        .map_err(std::io::Error::other)?;
+    drive(conn);
+    Ok(sender)
 }

@@ -5,7 +5,8 @@
 //! [`MIRROR_MAX_BODY`], [`MAX_IN_FLIGHT`] copies are out or no mirror instance is free, the
 //! copy is dropped and counted as `dropped`. A failed copy is classified like a live exchange
 //! (`upstream::classify`): the client's fault (its body not copied whole) counts as `dropped`,
-//! any other as `error`.
+//! any other as `error`. A copy carries the mirror deployment's own `headers` and bearer key,
+//! never the live deployment's.
 
 use std::sync::Arc;
 
@@ -98,8 +99,14 @@ async fn copy(
     } else {
         RequestBody::copy(body)
     };
-    let mut pending = Some(Box::new(Request::from_parts(head, body)));
     let instance = slot.instance();
+    let mut req = Request::from_parts(head, body);
+    if grpc {
+        // The live call's target was made for the live instance: its scheme may differ here.
+        super::grpc::to_h2(&mut req, instance);
+    }
+    upstream::set_deployment_headers(req.headers_mut(), &dep.headers);
+    let mut pending = Some(Box::new(req));
     let exchange = async {
         let (resp, conn) = upstream::send(instance, &mut pending).await?;
         let mut ok = !resp.status().is_server_error();
