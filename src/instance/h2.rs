@@ -205,6 +205,7 @@ where
         .handshake(io)
         .await
         .map_err(std::io::Error::other)?;
-    drive(conn);
+    // The streams' own errors say why a connection failed them.
+    drop(drive(conn));
     Ok(sender)
 }

@@ -19,7 +19,7 @@ use crate::addr::InstanceAddr;
 use health::{Change, Health};
 
 pub(crate) use h2::{H2Pool, Lease};
-pub(crate) use pool::{Conn, Pool, connect};
+pub(crate) use pool::{Conn, Ended, Pool, connect};
 pub(crate) use tls::Tls;
 
 /// One scoring instance. Shared between tables across reloads when its deployment and address

@@ -123,36 +123,53 @@ pub(super) async fn open(addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Res
 }
 
 /// An open connection to an instance, cleartext or TLS, for hyper's handshakes.
+// Unboxed: it lives only from the connect to hyper's handshake, which takes the stream by value
+// (a box would be one more allocation and pointer chase for every read of a TLS connection).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Stream {
     Tcp(TokioIo<TcpStream>),
     Tls(TokioIo<TlsStream<TcpStream>>),
 }
 
-/// Drives an upstream connection in its own task until it ends.
-pub(super) fn drive<F>(conn: F)
+/// Drives an upstream connection in its own task until it ends. The receiver gets the error
+/// it ended with, if any (drop it when no one will ask).
+pub(super) fn drive<F>(conn: F) -> Ended
 where
     F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
+            let _ = tx.send(e);
         }
     });
+    rx
 }
 
-/// An HTTP/1.1 connection to `addr` (over TLS with `tls`), driven by its own task.
-pub(crate) async fn connect(addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Result<Conn> {
-    let sender = match open(addr, tls).await? {
+/// The error a new connection ended with: the cause of a `ready()` that failed with no reason
+/// of its own (a TLS 1.3 instance refusing the client certificate says so right after the
+/// handshake, which the connection's task reads).
+pub(crate) type Ended = tokio::sync::oneshot::Receiver<hyper::Error>;
+
+/// An HTTP/1.1 connection to `addr` (over TLS with `tls`), driven by its own task, and how to
+/// learn why it ended.
+pub(crate) async fn connect(
+    addr: &InstanceAddr,
+    tls: Option<&Tls>,
+) -> std::io::Result<(Conn, Ended)> {
+    let (sender, ended) = match open(addr, tls).await? {
         Stream::Tcp(io) => handshake(io).await?,
         Stream::Tls(io) => handshake(io).await?,
     };
-    Ok(Conn {
+    let conn = Conn {
         sender,
         idle_for: None,
-    })
+    };
+    Ok((conn, ended))
 }
 
-async fn handshake<I>(io: I) -> std::io::Result<SendRequest<RequestBody>>
+async fn handshake<I>(io: I) -> std::io::Result<(SendRequest<RequestBody>, Ended)>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -161,6 +178,5 @@ where
         .handshake(io)
         .await
         .map_err(std::io::Error::other)?;
-    drive(conn);
-    Ok(sender)
+    Ok((sender, drive(conn)))
 }

@@ -112,7 +112,12 @@ fn tls_reason(e: &rustls::Error) -> String {
             if presented.is_empty() {
                 "nothing".to_string()
             } else {
-                presented.join(", ")
+                // rustls writes each as `DnsName("a.example")` or `IpAddress(10.0.0.1)`.
+                let bare = |p: &String| {
+                    let inner = p.split_once('(').and_then(|(_, r)| r.strip_suffix(')'));
+                    inner.unwrap_or(p).trim_matches('"').to_string()
+                };
+                presented.iter().map(bare).collect::<Vec<_>>().join(", ")
             }
         ),
         E::InvalidCertificate(C::NotValidForName) => "certificate name mismatch: the instance's \

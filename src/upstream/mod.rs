@@ -13,7 +13,7 @@ use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 
 use crate::body::RequestBody;
-use crate::instance::{Conn, Conns, H2Pool, Instance, Pool, connect};
+use crate::instance::{Conn, Conns, Ended, H2Pool, Instance, Pool, connect};
 
 pub(crate) use failure::{Failure, Fault, classify};
 pub(crate) use headers::{copy_head, set_deployment_headers, strip_hop_by_hop};
@@ -156,10 +156,10 @@ async fn send_h1(
         }
     }
     Box::pin(async move {
-        let conn = connect(instance.addr(), instance.tls())
+        let (conn, ended) = connect(instance.addr(), instance.tls())
             .await
             .map_err(Failure::Connect)?;
-        send_on_new(conn, pending).await
+        send_on_new(conn, ended, pending).await
     })
     .await
 }
@@ -175,11 +175,15 @@ fn take(pending: &mut Pending) -> Result<Request<RequestBody>, Failure> {
 
 async fn send_on_new(
     mut conn: Conn,
+    ended: Ended,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
-    if conn.sender.ready().await.is_err() {
-        let e = std::io::Error::other("the new connection closed before use");
-        return Err(Failure::Connect(e));
+    if let Err(e) = conn.sender.ready().await {
+        // `ready` says only that the connection closed; its task knows why.
+        let cause = ended.await.unwrap_or(e);
+        return Err(Failure::Connect(std::io::Error::other(ClosedBeforeUse(
+            cause,
+        ))));
     }
     let req = take(pending)?;
     match conn.sender.try_send_request(req).await {
@@ -193,6 +197,12 @@ async fn send_on_new(
         },
     }
 }
+
+/// A new connection that closed before it took the request, and why: the cause is kept for
+/// `classify`.
+#[derive(Debug, thiserror::Error)]
+#[error("the new connection closed before use: {0}")]
+struct ClosedBeforeUse(#[source] hyper::Error);
 
 async fn send_replayable(
     instance: &Instance,
@@ -217,7 +227,7 @@ async fn send_replayable(
     }
     *pending = Some(Box::new(replay.request()));
     let result = match connect(instance.addr(), instance.tls()).await {
-        Ok(conn) => send_on_new(conn, pending).await,
+        Ok((conn, ended)) => send_on_new(conn, ended, pending).await,
         Err(e) => Err(Failure::Connect(e)),
     };
     match (result, written) {
