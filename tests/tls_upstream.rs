@@ -380,3 +380,43 @@ async fn an_instance_ejected_for_its_certificate_stays_out_as_its_probe_handshak
     assert!(line.contains("UnknownIssuer"), "{line}");
     assert!(!log.contains("back in rotation"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_tls_takes_effect_and_one_that_does_not_keeps_the_connections() {
+    let (dir, ca, ca_file, _untrusted) = ca_and_untrusted().await;
+    let backend = TlsBackend::start("blue", &ca.issue(&["localhost", "127.0.0.1"]), None).await;
+    let other_ca = write(dir.path(), "other.crt", &Ca::new("a third CA").pem);
+    let yaml = |tls: String| file("{blue: 100}", &[("blue", at(backend.addr, &tls))]);
+    let proxy = Proc::proxy(&yaml(format!("    tls: {{ca_file: {}}}\n", other_ca.display())));
+    let c = client();
+    let a = get(&c, &proxy.url("/score"), &[]).await;
+    assert_eq!(a.status, 502, "{:?}", a.body);
+    let path = proxy.config.clone().unwrap();
+    let reload = async |content: String, generation: f64| {
+        std::fs::write(&path, content).unwrap();
+        wait_until("the reload", Duration::from_secs(5), async || {
+            proxy.metric("scoregate_config_generation").await == generation
+        })
+        .await;
+    };
+    let trusted = format!("    tls: {{ca_file: {}}}\n", ca_file.display());
+    reload(yaml(trusted.clone()), 2.0).await;
+    for _ in 0..10 {
+        assert_eq!(get(&c, &proxy.url("/score"), &[]).await.status, 200);
+    }
+    let before = backend.connections();
+    // The same tls: the instance and its pooled connection stay.
+    reload(yaml(format!("{trusted}    # a comment\n")), 3.0).await;
+    for _ in 0..10 {
+        assert_eq!(get(&c, &proxy.url("/score"), &[]).await.status, 200);
+    }
+    assert_eq!(backend.connections(), before, "unchanged tls kept the connection");
+    // Another server_name: new instances, new connections, verified for the new name.
+    let named = format!(
+        "    tls: {{ca_file: {}, server_name: localhost}}\n",
+        ca_file.display()
+    );
+    reload(yaml(named), 4.0).await;
+    assert_eq!(get(&c, &proxy.url("/score"), &[]).await.status, 200);
+    assert_eq!(backend.connections(), before + 1);
+}
