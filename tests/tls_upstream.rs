@@ -387,7 +387,10 @@ async fn a_reload_that_changes_tls_takes_effect_and_one_that_does_not_keeps_the_
     let backend = TlsBackend::start("blue", &ca.issue(&["localhost", "127.0.0.1"]), None).await;
     let other_ca = write(dir.path(), "other.crt", &Ca::new("a third CA").pem);
     let yaml = |tls: String| file("{blue: 100}", &[("blue", at(backend.addr, &tls))]);
-    let proxy = Proc::proxy(&yaml(format!("    tls: {{ca_file: {}}}\n", other_ca.display())));
+    let proxy = Proc::proxy(&yaml(format!(
+        "    tls: {{ca_file: {}}}\n",
+        other_ca.display()
+    )));
     let c = client();
     let a = get(&c, &proxy.url("/score"), &[]).await;
     assert_eq!(a.status, 502, "{:?}", a.body);
@@ -410,7 +413,11 @@ async fn a_reload_that_changes_tls_takes_effect_and_one_that_does_not_keeps_the_
     for _ in 0..10 {
         assert_eq!(get(&c, &proxy.url("/score"), &[]).await.status, 200);
     }
-    assert_eq!(backend.connections(), before, "unchanged tls kept the connection");
+    assert_eq!(
+        backend.connections(),
+        before,
+        "unchanged tls kept the connection"
+    );
     // Another server_name: new instances, new connections, verified for the new name.
     let named = format!(
         "    tls: {{ca_file: {}, server_name: localhost}}\n",
