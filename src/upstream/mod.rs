@@ -201,7 +201,7 @@ async fn send_on_new(
 /// A new connection that closed before it took the request, and why: the cause is kept for
 /// `classify`.
 #[derive(Debug, thiserror::Error)]
-#[error("the new connection closed before use: {0}")]
+#[error("the new connection closed before use: {}", crate::error::describe(.0))]
 struct ClosedBeforeUse(#[source] hyper::Error);
 
 async fn send_replayable(
