@@ -1,6 +1,7 @@
 //! Layer 5 (control): active checks of ejected instances. Every [`CHECK_EVERY`] it probes the
 //! ejected instances of the live table whose ejection time is up (a TCP connect, and the TLS
-//! handshake for an instance reached over TLS) and sweeps idle pooled connections. Changes only instances' own state, never the table.
+//! handshake for an instance reached over TLS) and sweeps idle pooled connections. Changes only
+//! instances' own state, never the table.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,10 +34,14 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// TLS with `config`, verifying the instance's certificate for `name` (a DNS name or an IP
-    /// address).
+    /// address). A `name` that is neither makes every handshake fail, saying so.
     pub(crate) fn new(config: Arc<ClientConfig>, name: &str) -> Tls {
         let name = ServerName::try_from(name.to_string()).map_err(|_| {
-            format!("`{name}` is not a DNS name or IP address to verify a certificate for; set `tls.server_name`").into()
+            let why = format!(
+                "`{name}` is not a DNS name or IP address to verify a certificate for; \
+                 set `tls.server_name`"
+            );
+            why.into()
         });
         Tls {
             connector: TlsConnector::from(config),
