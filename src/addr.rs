@@ -88,6 +88,18 @@ impl InstanceAddr {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// The host as written, without the port (and without an IPv6 address's brackets): the
+    /// name a TLS instance's certificate is verified against by default.
+    pub fn host(&self) -> &str {
+        let host = match self.text.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => &self.text,
+        };
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
 }
 
 impl fmt::Display for InstanceAddr {
@@ -153,6 +165,9 @@ mod tests {
         assert_eq!(n.socket_addr(), None);
         assert_eq!(n.to_string(), "scoring-blue.ns.svc.cluster.local:8080");
         assert_eq!(n.port(), 8080);
+        assert_eq!(n.host(), "scoring-blue.ns.svc.cluster.local");
+        assert_eq!(v6.host(), "::1");
+        assert_eq!(a.host(), "10.0.0.5");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("the instance broke the exchange before answering")]
     Protocol,
+    /// The TLS handshake with an instance failed; the text says why (untrusted, name
+    /// mismatch, expired, refused...).
+    #[error("TLS handshake with an instance of the deployment failed: {0}")]
+    Tls(Box<str>),
     #[error("the instance did not answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
     #[error("deployment `{deployment}` has no `{}`: it does not serve {}", if *grpc { "grpc_instances" } else { "instances" }, if *grpc { "gRPC" } else { "REST" })]
@@ -63,7 +67,9 @@ impl ProxyError {
             ProxyError::NoTraffic { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Connect | ProxyError::Protocol => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect | ProxyError::Protocol | ProxyError::Tls(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NotServed { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -81,7 +87,8 @@ impl ProxyError {
             | ProxyError::Connect
             | ProxyError::NoHealthyInstance
             | ProxyError::NoInstances
-            | ProxyError::Protocol => 14, // UNAVAILABLE
+            | ProxyError::Protocol
+            | ProxyError::Tls(_) => 14, // UNAVAILABLE
             ProxyError::NotServed { .. } => 12, // UNIMPLEMENTED
             ProxyError::Internal(_) => 13,   // INTERNAL
         }
@@ -94,12 +101,15 @@ impl ProxyError {
             ProxyError::Timeout { .. } => Some(UpstreamErrorKind::Timeout),
             ProxyError::Overloaded { .. } => Some(UpstreamErrorKind::Overload),
             ProxyError::Protocol => Some(UpstreamErrorKind::Protocol),
+            ProxyError::Tls(_) => Some(UpstreamErrorKind::Tls),
             _ => None,
         }
     }
 }
 
-/// The first cause in `err`'s chain (itself included) that is an `E`.
+/// The first cause in `err`'s chain (itself included) that is an `E`. An `io::Error` wrapping
+/// another error is looked into (its `source()` skips the error it wraps: tokio-rustls wraps a
+/// `rustls::Error` so).
 pub(crate) fn find_cause<'a, E: StdError + 'static>(
     err: &'a (dyn StdError + 'static),
 ) -> Option<&'a E> {
@@ -108,7 +118,13 @@ pub(crate) fn find_cause<'a, E: StdError + 'static>(
         if let Some(found) = e.downcast_ref::<E>() {
             return Some(found);
         }
-        source = e.source();
+        source = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
     }
     None
 }
@@ -128,4 +144,18 @@ pub(crate) fn describe(err: &dyn StdError) -> String {
         source = e.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_wrapped_in_an_io_error_is_found() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls.clone());
+        let outer = std::io::Error::other(io);
+        assert_eq!(find_cause::<rustls::Error>(&outer), Some(&tls));
+        assert!(find_cause::<rustls::Error>(&std::io::Error::other("plain")).is_none());
+    }
 }

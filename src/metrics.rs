@@ -25,14 +25,17 @@ pub enum UpstreamErrorKind {
     Timeout = 1,
     Overload = 2,
     Protocol = 3,
+    /// The TLS handshake with an instance failed.
+    Tls = 4,
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 4] = [
+    pub const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::Overload,
         UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Tls,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -40,6 +43,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Overload => "overload",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Tls => "tls",
         }
     }
 }
@@ -517,7 +521,7 @@ pub struct DeploymentMetrics {
     in_flight_vec: IntGaugeVec,
     in_flight: OnceLock<IntGauge>,
     errors_vec: IntCounterVec,
-    errors: [OnceLock<IntCounter>; 4],
+    errors: [OnceLock<IntCounter>; UpstreamErrorKind::ALL.len()],
     grpc_vec: IntCounterVec,
     grpc: [OnceLock<IntCounter>; 17],
 }

@@ -17,7 +17,8 @@ use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
 use crate::limits::MAX_HEAD_BYTES;
 
-use super::pool::{drive, open};
+use super::pool::{Stream, drive, open};
+use super::tls::Tls;
 
 /// Connections kept per instance.
 pub(crate) const MAX_CONNS: usize = 4;
@@ -87,12 +88,17 @@ impl std::fmt::Debug for H2Pool {
 // === impl H2Pool ===
 
 impl H2Pool {
-    /// A stream on a live connection with room, opening a connection to `addr` when none has.
-    pub(crate) async fn lease(&self, addr: &InstanceAddr) -> std::io::Result<Lease> {
+    /// A stream on a live connection with room, opening a connection to `addr` (over `tls`)
+    /// when none has.
+    pub(crate) async fn lease(
+        &self,
+        addr: &InstanceAddr,
+        tls: Option<&Tls>,
+    ) -> std::io::Result<Lease> {
         if let Some(lease) = self.try_lease() {
             return Ok(lease);
         }
-        Box::pin(self.lease_new(addr)).await
+        Box::pin(self.lease_new(addr, tls)).await
     }
 
     /// A stream on a connection already open, if one has room.
@@ -118,14 +124,14 @@ impl H2Pool {
         None
     }
 
-    async fn lease_new(&self, addr: &InstanceAddr) -> std::io::Result<Lease> {
+    async fn lease_new(&self, addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Result<Lease> {
         // Closed only by dropping the pool; then a new connection is simply not shared.
         let _gate = self.connecting.acquire().await.ok();
         if let Some(lease) = self.try_lease() {
             return Ok(lease);
         }
         let conn = Arc::new(Shared {
-            sender: connect(addr).await?,
+            sender: connect(addr, tls).await?,
             streams: AtomicU32::new(1),
         });
         // Into a free slot, or over a closed connection; when all hold live full connections
@@ -175,16 +181,31 @@ fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
     }
 }
 
-/// An HTTP/2 cleartext (prior knowledge) connection to `addr`, driven by its own task.
-async fn connect(addr: &InstanceAddr) -> std::io::Result<SendRequest<RequestBody>> {
+/// An HTTP/2 connection to `addr` — over TLS with `tls` (ALPN `h2`), else cleartext with
+/// prior knowledge — driven by its own task.
+async fn connect(
+    addr: &InstanceAddr,
+    tls: Option<&Tls>,
+) -> std::io::Result<SendRequest<RequestBody>> {
+    match open(addr, tls).await? {
+        Stream::Tcp(io) => handshake(io).await,
+        Stream::Tls(io) => handshake(io).await,
+    }
+}
+
+async fn handshake<I>(io: I) -> std::io::Result<SendRequest<RequestBody>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .handshake(open(addr).await?)
+        .handshake(io)
         .await
         .map_err(std::io::Error::other)?;
-    drive(conn);
+    // The streams' own errors say why a connection failed them.
+    drop(drive(conn));
     Ok(sender)
 }

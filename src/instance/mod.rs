@@ -6,6 +6,7 @@
 mod h2;
 mod health;
 mod pool;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +19,8 @@ use crate::addr::InstanceAddr;
 use health::{Change, Health};
 
 pub(crate) use h2::{H2Pool, Lease};
-pub(crate) use pool::{Conn, Pool, connect, tcp_connect};
+pub(crate) use pool::{Conn, Ended, Pool, connect};
+pub(crate) use tls::Tls;
 
 /// One scoring instance. Shared between tables across reloads when its deployment and address
 /// stay the same, so its pooled connections and counters survive.
@@ -31,6 +33,8 @@ pub struct Instance {
     in_flight: AtomicU32,
     health: Health,
     conns: Conns,
+    /// TLS to the instance (`None`: cleartext).
+    tls: Option<Tls>,
     /// `scoregate_upstream_in_flight` of the instance's deployment.
     deployment_in_flight: IntGauge,
     /// `scoregate_instance_healthy` of this instance.
@@ -41,12 +45,13 @@ pub struct Instance {
 
 impl Instance {
     /// A healthy instance with no connections yet, reached over HTTP/2 when `grpc`, else
-    /// HTTP/1.1; `deployment_in_flight` and `healthy_gauge` are its metric handles (the gauge
-    /// is set to 1 here).
+    /// HTTP/1.1, over `tls` when given (default cleartext); `deployment_in_flight` and
+    /// `healthy_gauge` are its metric handles (the gauge is set to 1 here).
     pub(crate) fn new(
         addr: InstanceAddr,
         discovered_from: Option<InstanceAddr>,
         grpc: bool,
+        tls: Option<Tls>,
         deployment_in_flight: IntGauge,
         healthy_gauge: IntGauge,
     ) -> Instance {
@@ -61,6 +66,7 @@ impl Instance {
             } else {
                 Conns::H1(Pool::default())
             },
+            tls,
             deployment_in_flight,
             healthy_gauge,
         }
@@ -84,6 +90,17 @@ impl Instance {
     /// The instance's connections: idle HTTP/1.1 ones, or multiplexed HTTP/2 ones.
     pub(crate) fn conns(&self) -> &Conns {
         &self.conns
+    }
+
+    /// TLS to the instance (`None`: cleartext).
+    pub(crate) fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// Opens a connection as requests do — TCP, then the TLS handshake when the instance has
+    /// TLS — and closes it: a health probe.
+    pub(crate) async fn probe(&self) -> std::io::Result<()> {
+        pool::open(&self.addr, self.tls.as_ref()).await.map(drop)
     }
 
     /// False while the instance is ejected.
@@ -260,6 +277,7 @@ mod tests {
             InstanceAddr::parse("127.0.0.1:9").expect("addr"),
             None,
             false,
+            None,
             gauge("in_flight"),
             gauge("healthy"),
         ))

@@ -1,5 +1,5 @@
 //! Layer 2 (one instance): the instance's idle HTTP/1 connections, a bounded lock-free queue,
-//! and how a new connection is opened.
+//! and how a new connection is opened (TCP, then TLS when the instance has it).
 
 use std::time::{Duration, Instant};
 
@@ -7,10 +7,13 @@ use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
 use crate::limits::MAX_BUF_BYTES;
+
+use super::tls::Tls;
 
 /// How long an idle pooled connection is kept. Shorter than the keep-alive timeouts of common
 /// scoring servers (5 s for uvicorn and Node), so the pool rarely offers a connection the
@@ -101,42 +104,79 @@ impl Pool {
 }
 
 /// A TCP connection to `addr` (a DNS name is resolved by the system).
-pub(crate) async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStream> {
+async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStream> {
     match addr.socket_addr() {
         Some(a) => TcpStream::connect(a).await,
         None => TcpStream::connect(addr.as_str()).await,
     }
 }
 
-/// A new TCP connection to `addr` for HTTP, without Nagle's delay.
-pub(super) async fn open(addr: &InstanceAddr) -> std::io::Result<TokioIo<TcpStream>> {
-    let stream = tcp_connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(stream))
+/// A new connection to `addr` for HTTP, without Nagle's delay: TCP, then the TLS handshake
+/// when the instance has `tls`.
+pub(super) async fn open(addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Result<Stream> {
+    let tcp = tcp_connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(match tls {
+        None => Stream::Tcp(TokioIo::new(tcp)),
+        Some(tls) => Stream::Tls(TokioIo::new(tls.handshake(tcp).await?)),
+    })
 }
 
-/// Drives an upstream connection in its own task until it ends.
-pub(super) fn drive<F>(conn: F)
+/// An open connection to an instance, cleartext or TLS, for hyper's handshakes.
+// Unboxed: it lives only from the connect to hyper's handshake, which takes the stream by value
+// (a box would be one more allocation and pointer chase for every read of a TLS connection).
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Stream {
+    Tcp(TokioIo<TcpStream>),
+    Tls(TokioIo<TlsStream<TcpStream>>),
+}
+
+/// Drives an upstream connection in its own task until it ends. The receiver gets the error
+/// it ended with, if any (drop it when no one will ask).
+pub(super) fn drive<F>(conn: F) -> Ended
 where
     F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
+            let _ = tx.send(e);
         }
     });
+    rx
 }
 
-/// An HTTP/1.1 connection to `addr`, driven by its own task.
-pub(crate) async fn connect(addr: &InstanceAddr) -> std::io::Result<Conn> {
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(MAX_BUF_BYTES)
-        .handshake(open(addr).await?)
-        .await
-        .map_err(std::io::Error::other)?;
-    drive(conn);
-    Ok(Conn {
+/// The error a new connection ended with: the cause of a `ready()` that failed with no reason
+/// of its own (a TLS 1.3 instance refusing the client certificate says so right after the
+/// handshake, which the connection's task reads).
+pub(crate) type Ended = tokio::sync::oneshot::Receiver<hyper::Error>;
+
+/// An HTTP/1.1 connection to `addr` (over TLS with `tls`), driven by its own task, and how to
+/// learn why it ended.
+pub(crate) async fn connect(
+    addr: &InstanceAddr,
+    tls: Option<&Tls>,
+) -> std::io::Result<(Conn, Ended)> {
+    let (sender, ended) = match open(addr, tls).await? {
+        Stream::Tcp(io) => handshake(io).await?,
+        Stream::Tls(io) => handshake(io).await?,
+    };
+    let conn = Conn {
         sender,
         idle_for: None,
-    })
+    };
+    Ok((conn, ended))
+}
+
+async fn handshake<I>(io: I) -> std::io::Result<(SendRequest<RequestBody>, Ended)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_BUF_BYTES)
+        .handshake(io)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok((sender, drive(conn)))
 }

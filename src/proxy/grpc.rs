@@ -9,6 +9,7 @@ use http::uri::{Authority, Scheme, Uri};
 use http::{HeaderMap, HeaderName, Request, Response};
 
 use crate::error::ProxyError;
+use crate::instance::Instance;
 use crate::upstream::ResponseBody;
 
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -35,18 +36,23 @@ pub(super) fn prepare(parts: &mut http::request::Parts) -> Option<Duration> {
     parts.headers.get(&GRPC_TIMEOUT).and_then(parse_timeout)
 }
 
-/// The call's target in absolute form, as HTTP/2 sends it: the client's authority, or the
-/// instance's when the client sent none; `Host` is not an HTTP/2 header.
-pub(super) fn to_h2<B>(req: &mut Request<B>, instance: &str) {
+/// The call's target in absolute form, as HTTP/2 sends it: `https` to an instance reached over
+/// TLS, else `http`; the client's authority, or the instance's when the client sent none;
+/// `Host` is not an HTTP/2 header.
+pub(super) fn to_h2<B>(req: &mut Request<B>, instance: &Instance) {
     let host = req.headers_mut().remove(header::HOST);
     let authority = req
         .uri()
         .authority()
         .cloned()
         .or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()))
-        .or_else(|| Authority::try_from(instance).ok());
+        .or_else(|| Authority::try_from(instance.authority()).ok());
     let mut parts = req.uri().clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(if instance.tls().is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
     parts.authority = authority;
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

@@ -1,5 +1,5 @@
 //! Layer 4 (request path): one request, in a straight line — one table load, the checks and
-//! header rewrites, the routing choice, a slot on an instance, the upstream exchange (one retry
+//! header rewrites, the routing choice, a slot on an instance, the deployment's own headers, the upstream exchange (one retry
 //! elsewhere when a connection is refused), then [`respond`](super::respond) writes the answer
 //! and counts it.
 
@@ -123,7 +123,7 @@ impl Proxy {
         let slot = group.acquire().await.map_err(at)?;
         if let Some(req) = pending.as_deref_mut() {
             if grpc {
-                grpc::to_h2(req, slot.instance().authority());
+                grpc::to_h2(req, slot.instance());
             } else if !req.headers().contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(slot.instance().authority())
             {
@@ -132,6 +132,9 @@ impl Proxy {
             if !choice.pinned && !table.mirrors.is_empty() {
                 prepared.tap = self.mirroring.start_into(table, req, grpc);
             }
+            // After the copy's head was taken: the mirror deployment gets its own headers and
+            // key, never this one's.
+            upstream::set_deployment_headers(req.headers_mut(), &dep.headers);
         }
 
         let timeout = match deadline {

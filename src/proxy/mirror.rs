@@ -258,8 +258,9 @@ impl Copy {
         let mut req = Request::from_parts(head, body);
         if grpc {
             // The live call's target was made for the live instance: its scheme may differ here.
-            super::grpc::to_h2(&mut req, instance.authority());
+            super::grpc::to_h2(&mut req, instance);
         }
+        upstream::set_deployment_headers(req.headers_mut(), &dep.headers);
         let mut pending = Some(Box::new(req));
         let bound = self.table.compare.as_ref().map_or(0, |c| c.max_body_bytes);
         let exchange = async {

@@ -7,13 +7,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 
 use crate::addr::InstanceAddr;
-use crate::config::{Auth, EndpointConfig, RequestSettings};
+use crate::config::{Auth, DeploymentConfig, EndpointConfig, RequestSettings, UpstreamTls};
 use crate::discovery::Names;
-use crate::instance::Instance;
+use crate::instance::{Instance, Tls};
 use crate::metrics::{DeploymentMetrics, Metrics};
 
 use super::sticky::sticky_bound;
@@ -49,6 +49,10 @@ struct Planned {
     name: String,
     weight: u8,
     settings: RequestSettings,
+    /// TLS to its instances.
+    tls: Option<UpstreamTls>,
+    /// `headers`, then `Authorization` from `bearer_key_file`.
+    headers: Box<[(HeaderName, HeaderValue)]>,
     rest: PlannedGroup,
     grpc: PlannedGroup,
     /// The live deployment's metric handles, when it is kept.
@@ -73,7 +77,9 @@ enum PlannedInstance {
 }
 
 /// Compiles `cfg`; a host-name instance stands for the addresses `names` knows for it.
-/// Instances and metric handles of `previous` with the same deployment (and address) are kept.
+/// Instances and metric handles of `previous` with the same deployment (and address) are kept;
+/// instances only while the deployment's `tls` is unchanged too (its connections were made
+/// with it).
 pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) -> Compiled {
     let mut deployments = Vec::with_capacity(cfg.deployments.len());
     let mut cumulative = Vec::new();
@@ -81,22 +87,20 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
     let mut gone_instances = Vec::new();
     for (index, d) in cfg.deployments.iter().enumerate() {
         let old = previous.and_then(|t| t.deployment(&d.name));
-        let rest = plan_group(
-            &d.instances,
-            names,
-            old.map(|o| &o.rest),
-            &d.request,
-            &d.name,
-            &mut gone_instances,
-        );
-        let grpc = plan_group(
-            &d.grpc_instances,
-            names,
-            old.map(|o| &o.grpc),
-            &d.request,
-            &d.name,
-            &mut gone_instances,
-        );
+        let keep = old.is_some_and(|o| o.tls == d.tls);
+        let mut plan = |written, old| {
+            plan_group(
+                written,
+                names,
+                old,
+                keep,
+                &d.request,
+                &d.name,
+                &mut gone_instances,
+            )
+        };
+        let rest = plan(&d.instances, old.map(|o| &o.rest));
+        let grpc = plan(&d.grpc_instances, old.map(|o| &o.grpc));
         if d.weight > 0 {
             total += u32::from(d.weight);
             cumulative.push((total, index));
@@ -105,6 +109,8 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
             name: d.name.clone(),
             weight: d.weight,
             settings: d.request.clone(),
+            tls: d.tls.clone(),
+            headers: upstream_headers(d),
             rest,
             grpc,
             metrics: old.map(|o| o.metrics.clone()),
@@ -152,13 +158,25 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
     }
 }
 
-/// Plans one list of a deployment's instances: instances of the live list `old` with the same
-/// address (and name) are kept, the others are new; those of `old` no longer wanted go to
-/// `gone`. The admission queue survives when the limit and the instance count stay.
+/// The headers set on every request forwarded to `d`: its `headers`, then `Authorization`
+/// from its `bearer_key_file` (a sensitive value). Empty, and not allocated, when it has none.
+fn upstream_headers(d: &DeploymentConfig) -> Box<[(HeaderName, HeaderValue)]> {
+    let bearer = d
+        .bearer
+        .iter()
+        .map(|b| (http::header::AUTHORIZATION, b.value.clone()));
+    d.headers.iter().cloned().chain(bearer).collect()
+}
+
+/// Plans one list of a deployment's instances: with `keep`, instances of the live list `old`
+/// with the same address (and name) are kept; the others are new; those of `old` no longer
+/// wanted go to `gone`. The admission queue survives when the limit and the instance count
+/// stay.
 fn plan_group(
     written: &[InstanceAddr],
     names: &Names,
     old: Option<&Group>,
+    keep: bool,
     request: &RequestSettings,
     deployment: &str,
     gone: &mut Vec<(String, String)>,
@@ -167,7 +185,7 @@ fn plan_group(
     let instances: Vec<PlannedInstance> = wanted
         .iter()
         .map(|(addr, from)| {
-            let kept = old.and_then(|o| {
+            let kept = old.filter(|_| keep).and_then(|o| {
                 o.instances
                     .iter()
                     .find(|i| i.addr() == addr && i.discovered_from() == from.as_ref())
@@ -227,6 +245,15 @@ fn addresses(written: &[InstanceAddr], names: &Names) -> Vec<(InstanceAddr, Opti
     let mut seen = HashSet::new();
     wanted.retain(|(a, _)| seen.insert(a.clone()));
     wanted
+}
+
+/// TLS to one instance written as `written` (the host-name instance it was discovered from, if
+/// any): the deployment's shared configuration for HTTP/2 (`grpc`) or HTTP/1.1, and its
+/// `server_name`, by default the host as written.
+fn instance_tls(tls: &UpstreamTls, grpc: bool, written: &InstanceAddr) -> Tls {
+    let config = if grpc { &tls.h2 } else { &tls.h1 };
+    let name = tls.server_name.as_deref().unwrap_or(written.host());
+    Tls::new(config.0.clone(), name)
 }
 
 // === impl Compiled ===
@@ -298,10 +325,14 @@ impl Compiled {
                                 discovered_from,
                             } => {
                                 let healthy = metrics.instance_healthy(&d.name, addr.as_str());
+                                let tls = d.tls.as_ref().map(|t| {
+                                    instance_tls(t, grpc, discovered_from.as_ref().unwrap_or(&addr))
+                                });
                                 Arc::new(Instance::new(
                                     addr,
                                     discovered_from,
                                     grpc,
+                                    tls,
                                     dm.in_flight().clone(),
                                     healthy,
                                 ))
@@ -321,6 +352,8 @@ impl Compiled {
                     name: d.name.into(),
                     weight: d.weight,
                     settings: d.settings,
+                    tls: d.tls,
+                    headers: d.headers,
                     metrics: dm,
                 }
             })

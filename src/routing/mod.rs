@@ -13,7 +13,7 @@ use http::{HeaderName, HeaderValue};
 use rand::{Rng, RngExt};
 use tokio::sync::Semaphore;
 
-use crate::config::RequestSettings;
+use crate::config::{RequestSettings, UpstreamTls};
 use crate::error::ProxyError;
 use crate::instance::{Instance, Pick, Slot};
 use crate::metrics::DeploymentMetrics;
@@ -30,6 +30,11 @@ pub struct Deployment {
     /// Live weight 0–100.
     pub(crate) weight: u8,
     pub(crate) settings: RequestSettings,
+    /// Set on every request forwarded to the deployment, replacing the client's: its `headers`,
+    /// then `Authorization` from `bearer_key_file` (sensitive). Default none (no allocation).
+    pub(crate) headers: Box<[(HeaderName, HeaderValue)]>,
+    /// The TLS its instances were made with (`None`: cleartext), compared on reload.
+    pub(crate) tls: Option<UpstreamTls>,
     /// Metric handles, shared by every table in which the deployment lives.
     pub(crate) metrics: Arc<DeploymentMetrics>,
     /// The REST instances (`instances`), reached over HTTP/1.1.
@@ -614,5 +619,69 @@ mod compile_tests {
         let _ = next.apply(&m);
         let text = m.render();
         assert!(!text.contains("deployment=\"green\"") && text.contains("deployment=\"teal\""));
+    }
+
+    #[test]
+    fn instances_are_kept_across_reloads_only_while_their_tls_is_unchanged() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".to_string()]).expect("ca");
+        std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("green.key"), "s3cret\n").expect("write");
+        let file = dir.path().join("e.yaml");
+        let cfg = |tls: &str| {
+            let yaml = format!(
+                "traffic: {{blue: 100}}\ndeployments:\n  blue:\n    instances: [scoring.example:443]\n    grpc_instances: [127.0.0.1:9002]\n{tls}    headers: {{azureml-model-deployment: blue}}\n    bearer_key_file: green.key\n"
+            );
+            parse_str(&yaml, &file).expect("valid").config
+        };
+        let m = Metrics::new();
+        // The host name resolves to an address: the name verified is still the one written.
+        let build = |c: &crate::config::EndpointConfig, p: Option<&Table>, m: &Metrics| {
+            let resolved = "10.0.0.1:443".parse().expect("address");
+            let names = Names::default().refresh_with(c, m, |_| Ok(vec![resolved]));
+            compile(c, &names, p).apply(m)
+        };
+        let tls = "    tls: {ca_file: ca.crt}\n";
+        let first = build(&cfg(tls), None, &m);
+        let d = &first.deployments[0];
+        let name = |i: &Instance| format!("{:?}", i.tls());
+        assert_eq!(d.rest.instances[0].addr().as_str(), "10.0.0.1:443");
+        assert!(name(&d.rest.instances[0]).contains("scoring.example"));
+        assert!(name(&d.grpc.instances[0]).contains("127.0.0.1"));
+        let headers: Vec<_> = d.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(headers, ["azureml-model-deployment", "authorization"]);
+        assert_eq!(d.headers[1].1, "Bearer s3cret");
+        assert!(d.headers[1].1.is_sensitive() && !format!("{first:?}").contains("s3cret"));
+
+        let kept = |next: &Table, prev: &Table| {
+            next.deployments[0]
+                .all_instances()
+                .zip(prev.deployments[0].all_instances())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        let same = build(&cfg(tls), Some(&first), &m);
+        assert!(kept(&same, &first), "unchanged tls keeps the instances");
+        let renamed = build(
+            &cfg("    tls: {ca_file: ca.crt, server_name: other.example}\n"),
+            Some(&same),
+            &m,
+        );
+        assert!(
+            !renamed.deployments[0]
+                .all_instances()
+                .zip(same.deployments[0].all_instances())
+                .any(|(a, b)| Arc::ptr_eq(a, b))
+        );
+        assert!(name(&renamed.deployments[0].rest.instances[0]).contains("other.example"));
+        let plain = build(&cfg(""), Some(&renamed), &m);
+        assert!(plain.deployments[0].rest.instances[0].tls().is_none());
+        assert!(!kept(&plain, &renamed));
+        // A CA file whose content changed is a changed `tls`.
+        let again = build(&cfg(tls), Some(&plain), &m);
+        let other =
+            rcgen::generate_simple_self_signed(vec!["ca2.example".to_string()]).expect("ca");
+        std::fs::write(dir.path().join("ca.crt"), other.cert.pem()).expect("write");
+        let rotated = build(&cfg(tls), Some(&again), &m);
+        assert!(!kept(&rotated, &again));
     }
 }

@@ -47,10 +47,15 @@ pub(crate) struct Verdict {
 /// The one map from a failure's cause to the client's answer and the fault.
 pub(crate) fn classify(failure: &Failure) -> Verdict {
     let (error, fault) = match failure {
-        Failure::Connect(_) => (ProxyError::Connect, Fault::Instance),
+        Failure::Connect(e) => (
+            tls_failure(e).unwrap_or(ProxyError::Connect),
+            Fault::Instance,
+        ),
         Failure::Broken(e) => {
-            return client_cause(e).unwrap_or(Verdict {
-                error: ProxyError::Protocol,
+            return client_cause(e).unwrap_or_else(|| Verdict {
+                // TLS 1.3: a server that refuses the client certificate says so after the
+                // client finished its handshake, on the first read.
+                error: tls_failure(e).unwrap_or(ProxyError::Protocol),
                 fault: Fault::Instance,
             });
         }
@@ -80,6 +85,70 @@ pub(crate) fn classify(failure: &Failure) -> Verdict {
         ),
     };
     Verdict { error, fault }
+}
+
+/// A TLS failure in `err`'s causes, saying why: the `rustls::Error` that tokio-rustls wraps in
+/// an `InvalidData` I/O error.
+fn tls_failure(err: &(dyn StdError + 'static)) -> Option<ProxyError> {
+    let e = find_cause::<rustls::Error>(err)?;
+    Some(ProxyError::Tls(tls_reason(e).into()))
+}
+
+/// Why a TLS handshake failed, in words that point at the setting to check.
+fn tls_reason(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => "the instance's certificate is untrusted \
+            (unknown issuer): it does not chain to a CA of `tls.ca_file` (default: the system's \
+            trust roots)"
+            .into(),
+        E::InvalidCertificate(C::NotValidForNameContext {
+            expected,
+            presented,
+        }) => format!(
+            "certificate name mismatch: the instance's certificate is not valid for `{}` (it \
+             names {}); set `tls.server_name` to a name it has",
+            expected.to_str(),
+            if presented.is_empty() {
+                "nothing".to_string()
+            } else {
+                // rustls writes each as `DnsName("a.example")` or `IpAddress(10.0.0.1)`.
+                let bare = |p: &String| {
+                    let inner = p.split_once('(').and_then(|(_, r)| r.strip_suffix(')'));
+                    inner.unwrap_or(p).trim_matches('"').to_string()
+                };
+                presented.iter().map(bare).collect::<Vec<_>>().join(", ")
+            }
+        ),
+        E::InvalidCertificate(C::NotValidForName) => "certificate name mismatch: the instance's \
+            certificate is not valid for the name verified (`tls.server_name`, default the \
+            instance's host)"
+            .into(),
+        E::InvalidCertificate(C::ExpiredContext { not_after, .. }) => format!(
+            "the instance's certificate has expired (not valid after {})",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after.as_secs())
+            )
+        ),
+        E::InvalidCertificate(C::Expired) => "the instance's certificate has expired".into(),
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the instance's certificate is not valid yet".into()
+        }
+        E::InvalidCertificate(other) => format!("the instance's certificate is invalid: {other}"),
+        E::AlertReceived(A::CertificateRequired) => "the instance requires a client \
+            certificate: set `tls.cert_file` and `tls.key_file`"
+            .into(),
+        E::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied),
+        ) => format!("the instance refused the client certificate (alert {a:?})"),
+        other => other.to_string(),
+    }
 }
 
 /// The client's part in a broken exchange, if it had one: the body limit (413), a copy whose
@@ -121,6 +190,16 @@ mod tests {
             v.error.to_string(),
             "could not read the request body: reset"
         );
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let handshake = std::io::Error::new(std::io::ErrorKind::InvalidData, untrusted);
+        let v = classify(&Failure::Connect(handshake));
+        assert_eq!((v.error.status().as_u16(), v.fault), (502, Fault::Instance));
+        assert_eq!(v.error.grpc_code(), 14);
+        assert_eq!(
+            v.error.upstream_kind(),
+            Some(crate::metrics::UpstreamErrorKind::Tls)
+        );
+        assert!(v.error.to_string().contains("untrusted (unknown issuer)"));
         let v = classify(&Failure::Lost);
         assert_eq!((v.error.status().as_u16(), v.fault), (500, Fault::Proxy));
         for (body_sent, fault) in [(true, Fault::Instance), (false, Fault::Client)] {

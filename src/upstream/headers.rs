@@ -1,5 +1,6 @@
 //! Layer 3 (upstream): what crosses the proxy of a message's head: hop-by-hop headers are
-//! removed (RFC 9110 section 7.6.1), and a request's head can be copied for a replay or a copy.
+//! removed (RFC 9110 section 7.6.1), a deployment's own headers are set, and a request's head can
+//! be copied for a replay or a copy.
 
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -68,6 +69,14 @@ fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Sets a deployment's `headers` (and its bearer key) on a request forwarded to it, replacing
+/// the client's headers of the same names. Nothing to do, and nothing allocated, without any.
+pub(crate) fn set_deployment_headers(headers: &mut HeaderMap, set: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in set {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
 /// A request with a copy of `from`'s method, URI, version and headers, and `body`.
 pub(crate) fn copy_head<A, B>(from: &Request<A>, body: B) -> Request<B> {
     let mut req = Request::new(body);
@@ -105,6 +114,33 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn deployment_headers_replace_the_clients_and_stay_sensitive() {
+        let mut h = map(&[
+            ("authorization", "Bearer client"),
+            ("azureml-model-deployment", "blue"),
+            ("azureml-model-deployment", "green"),
+            ("x-kept", "1"),
+        ]);
+        let mut key = HeaderValue::from_static("Bearer upstream");
+        key.set_sensitive(true);
+        let set = [
+            (
+                HeaderName::from_static("azureml-model-deployment"),
+                HeaderValue::from_static("green"),
+            ),
+            (header::AUTHORIZATION, key),
+        ];
+        set_deployment_headers(&mut h, &set);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h["azureml-model-deployment"], "green");
+        assert_eq!(h["authorization"], "Bearer upstream");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(format!("{h:?}").matches("upstream").count(), 0);
+        set_deployment_headers(&mut h, &[]);
+        assert_eq!(h.len(), 3);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Layer 3 (upstream): the exchange with one instance. [`send`] uses an idle pooled connection
 //! when there is one and sends again, on a fresh connection, what a closed pooled connection
 //! could not take; [`failure`] classifies what went wrong (the one map); [`response`] is the
-//! answer's body on its way back; [`headers`] strips what must not cross the proxy.
+//! answer's body on its way back; [`headers`] strips what must not cross the proxy and sets a
+//! deployment's own headers.
 
 mod failure;
 mod headers;
@@ -11,12 +12,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 
-use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
-use crate::instance::{Conn, Conns, H2Pool, Instance, Pool, connect};
+use crate::instance::{Conn, Conns, Ended, H2Pool, Instance, Pool, connect};
 
 pub(crate) use failure::{Failure, Fault, classify};
-pub(crate) use headers::{copy_head, strip_hop_by_hop};
+pub(crate) use headers::{copy_head, set_deployment_headers, strip_hop_by_hop};
 pub(crate) use response::{Held, ResponseBody, grpc_status};
 
 /// A pooled connection idle for this long may have been closed by the instance while we were
@@ -74,8 +74,8 @@ pub(crate) async fn send(
 ) -> Result<(Response<Incoming>, Held), Failure> {
     match instance.conns() {
         // Boxed: a REST request's future does not grow by the HTTP/2 path's state.
-        Conns::H2(h2) => Box::pin(send_h2(h2, instance.addr(), pending)).await,
-        Conns::H1(pool) => send_h1(pool, instance.addr(), pending)
+        Conns::H2(h2) => Box::pin(send_h2(h2, instance, pending)).await,
+        Conns::H1(pool) => send_h1(pool, instance, pending)
             .await
             .map(|(resp, conn)| (resp, Held::H1(conn))),
     }
@@ -86,11 +86,14 @@ pub(crate) async fn send(
 /// unsent) is dropped and the request tried once more on another.
 async fn send_h2(
     h2: &H2Pool,
-    addr: &InstanceAddr,
+    instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Held), Failure> {
     for _ in 0..2 {
-        let lease = h2.lease(addr).await.map_err(Failure::Connect)?;
+        let lease = h2
+            .lease(instance.addr(), instance.tls())
+            .await
+            .map_err(Failure::Connect)?;
         let mut sender = lease.sender();
         if sender.ready().await.is_err() {
             h2.discard(&lease);
@@ -116,7 +119,7 @@ async fn send_h2(
 /// [`send`] to a REST instance, over HTTP/1.1.
 async fn send_h1(
     pool: &Pool,
-    addr: &InstanceAddr,
+    instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     // Not `while let`: its scrutinee would be kept across the awaits in the loop.
@@ -134,7 +137,7 @@ async fn send_h1(
             return Box::pin(async move {
                 let req = take(pending)?;
                 let replay = prepare_replay(req).await?;
-                send_replayable(addr, conn, replay, pending).await
+                send_replayable(instance, conn, replay, pending).await
             })
             .await;
         }
@@ -153,8 +156,10 @@ async fn send_h1(
         }
     }
     Box::pin(async move {
-        let conn = connect(addr).await.map_err(Failure::Connect)?;
-        send_on_new(conn, pending).await
+        let (conn, ended) = connect(instance.addr(), instance.tls())
+            .await
+            .map_err(Failure::Connect)?;
+        send_on_new(conn, ended, pending).await
     })
     .await
 }
@@ -170,11 +175,15 @@ fn take(pending: &mut Pending) -> Result<Request<RequestBody>, Failure> {
 
 async fn send_on_new(
     mut conn: Conn,
+    ended: Ended,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
-    if conn.sender.ready().await.is_err() {
-        let e = std::io::Error::other("the new connection closed before use");
-        return Err(Failure::Connect(e));
+    if let Err(e) = conn.sender.ready().await {
+        // `ready` says only that the connection closed; its task knows why.
+        let cause = ended.await.unwrap_or(e);
+        return Err(Failure::Connect(std::io::Error::other(ClosedBeforeUse(
+            cause,
+        ))));
     }
     let req = take(pending)?;
     match conn.sender.try_send_request(req).await {
@@ -189,8 +198,14 @@ async fn send_on_new(
     }
 }
 
+/// A new connection that closed before it took the request, and why: the cause is kept for
+/// `classify`.
+#[derive(Debug, thiserror::Error)]
+#[error("the new connection closed before use: {}", crate::error::describe(.0))]
+struct ClosedBeforeUse(#[source] hyper::Error);
+
 async fn send_replayable(
-    addr: &InstanceAddr,
+    instance: &Instance,
     mut conn: Conn,
     replay: Replay,
     pending: &mut Pending,
@@ -211,8 +226,8 @@ async fn send_replayable(
         }
     }
     *pending = Some(Box::new(replay.request()));
-    let result = match connect(addr).await {
-        Ok(conn) => send_on_new(conn, pending).await,
+    let result = match connect(instance.addr(), instance.tls()).await {
+        Ok((conn, ended)) => send_on_new(conn, ended, pending).await,
         Err(e) => Err(Failure::Connect(e)),
     };
     match (result, written) {

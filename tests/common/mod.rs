@@ -24,6 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod tls;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_scoregate");
 
 /// What a backend saw of one request.
