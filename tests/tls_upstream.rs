@@ -302,6 +302,8 @@ async fn headers_and_the_bearer_key_reach_the_instances_and_the_key_is_never_sho
         assert_eq!(s.headers["authorization"], format!("Bearer {KEY}").as_str());
         assert_eq!(s.headers["azureml-model-deployment"], "green");
         assert_eq!(s.headers["x-team"], "scoring");
+        // Reached by its own name, as a virtual-hosted HTTPS service needs.
+        assert_eq!(s.headers["host"], green.addr.to_string().as_str());
         assert_eq!(s.headers["x-kept"], "1");
         assert_eq!(s.headers.get_all("authorization").iter().count(), 1);
     }

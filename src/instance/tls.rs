@@ -18,6 +18,9 @@ pub(crate) struct Tls {
     /// The name verified, or why the name given cannot be one (then every handshake fails with
     /// that reason).
     name: Result<ServerName<'static>, Arc<str>>,
+    /// The `Host` of requests sent over it: the name verified, with the port unless 443 (a
+    /// virtual-hosted HTTPS service routes by it, as by the SNI).
+    host: Option<http::HeaderValue>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -35,7 +38,15 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// TLS with `config`, verifying the instance's certificate for `name` (a DNS name or an IP
     /// address). A `name` that is neither makes every handshake fail, saying so.
-    pub(crate) fn new(config: Arc<ClientConfig>, name: &str) -> Tls {
+    pub(crate) fn new(config: Arc<ClientConfig>, name: &str, port: u16) -> Tls {
+        let host = if port == 443 {
+            name.to_string()
+        } else if name.contains(':') {
+            format!("[{name}]:{port}")
+        } else {
+            format!("{name}:{port}")
+        };
+        let host = http::HeaderValue::from_str(&host).ok();
         let name = ServerName::try_from(name.to_string()).map_err(|_| {
             let why = format!(
                 "`{name}` is not a DNS name or IP address to verify a certificate for; \
@@ -46,7 +57,13 @@ impl Tls {
         Tls {
             connector: TlsConnector::from(config),
             name,
+            host,
         }
+    }
+
+    /// The `Host` header of requests to the instance.
+    pub(crate) fn host(&self) -> Option<&http::HeaderValue> {
+        self.host.as_ref()
     }
 
     /// The TLS handshake over a connected `tcp`. A failure is an `InvalidData` I/O error

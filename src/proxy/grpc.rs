@@ -41,10 +41,13 @@ pub(super) fn prepare(parts: &mut http::request::Parts) -> Option<Duration> {
 /// `Host` is not an HTTP/2 header.
 pub(super) fn to_h2<B>(req: &mut Request<B>, instance: &Instance) {
     let host = req.headers_mut().remove(header::HOST);
-    let authority = req
-        .uri()
-        .authority()
-        .cloned()
+    // An HTTPS service is reached by its own name, as in the SNI; else the client's authority.
+    let own = instance
+        .tls()
+        .and_then(|t| t.host())
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let authority = own
+        .or_else(|| req.uri().authority().cloned())
         .or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()))
         .or_else(|| Authority::try_from(instance.authority()).ok());
     let mut parts = req.uri().clone().into_parts();

@@ -124,6 +124,9 @@ impl Proxy {
         if let Some(req) = pending.as_deref_mut() {
             if grpc {
                 grpc::to_h2(req, slot.instance());
+            } else if let Some(host) = slot.instance().tls().and_then(|t| t.host()) {
+                // An HTTPS service is reached by its own name, in `Host` as in the SNI.
+                req.headers_mut().insert(header::HOST, host.clone());
             } else if !req.headers().contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(slot.instance().authority())
             {

@@ -249,11 +249,11 @@ fn addresses(written: &[InstanceAddr], names: &Names) -> Vec<(InstanceAddr, Opti
 
 /// TLS to one instance written as `written` (the host-name instance it was discovered from, if
 /// any): the deployment's shared configuration for HTTP/2 (`grpc`) or HTTP/1.1, and its
-/// `server_name`, by default the host as written.
+/// `server_name`, by default the host as written (also the requests' `Host`).
 fn instance_tls(tls: &UpstreamTls, grpc: bool, written: &InstanceAddr) -> Tls {
     let config = if grpc { &tls.h2 } else { &tls.h1 };
     let name = tls.server_name.as_deref().unwrap_or(written.host());
-    Tls::new(config.0.clone(), name)
+    Tls::new(config.0.clone(), name, written.port())
 }
 
 // === impl Compiled ===
