@@ -69,7 +69,12 @@ def free_port():
 
 
 def make_cert(tmp, key):
-    cert, pem = os.path.join(tmp, f"{key}.crt"), os.path.join(tmp, f"{key}.key")
+    """The pair and scoregate's endpoint file for `key`, in a directory of their own: scoregate
+    watches the directories of its endpoint file and certificates (reloads, rotation), and the
+    logs the bench writes in `tmp` would wake its watcher on every write."""
+    folder = os.path.join(tmp, f"cert-{key}")
+    os.makedirs(folder, exist_ok=True)
+    cert, pem = os.path.join(folder, "server.crt"), os.path.join(folder, "server.key")
     subprocess.run(
         ["openssl", "req", "-x509", *KEY_TYPES[key][1], "-nodes", "-days", "30",
          "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
@@ -88,7 +93,7 @@ def write(tmp, name, text):
 
 def ours_config(tmp, key, cert, pem, ports):
     return write(
-        tmp, f"endpoint-{key}.yaml",
+        os.path.dirname(cert), "endpoint.yaml",
         f"listen: 127.0.0.1:{ports['proxy']}\nadmin_listen: 127.0.0.1:{ports['admin']}\n"
         f"tls: {{cert_file: {cert}, key_file: {pem}}}\n"
         "traffic: {blue: 90, green: 10}\ndeployments:\n"
