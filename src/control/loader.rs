@@ -71,9 +71,9 @@ pub(crate) struct Status {
 /// Reads the endpoint file and swaps the live table.
 pub(crate) struct Loader {
     path: PathBuf,
-    /// The directories of the files the live configuration read besides the endpoint file
-    /// (certificates, keys, CAs), for the watcher.
-    dirs: tokio::sync::watch::Sender<Vec<PathBuf>>,
+    /// The files the live configuration read besides the endpoint file (certificates, keys,
+    /// CAs), for the watcher.
+    files: tokio::sync::watch::Sender<Vec<PathBuf>>,
     table: Arc<ArcSwap<Table>>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -94,7 +94,7 @@ impl Loader {
         set_tls_expiry(&metrics, &loaded.config);
         Loader {
             path: path.to_path_buf(),
-            dirs: tokio::sync::watch::Sender::new(dirs_of(path, &loaded.config)),
+            files: tokio::sync::watch::Sender::new(files_of(&loaded.config)),
             table,
             metrics,
             state: Mutex::new(State {
@@ -137,9 +137,9 @@ impl Loader {
         &self.path
     }
 
-    /// The directories to watch besides the endpoint file's, as they change.
-    pub(crate) fn dirs(&self) -> tokio::sync::watch::Receiver<Vec<PathBuf>> {
-        self.dirs.subscribe()
+    /// The files to watch besides the endpoint file, as they change.
+    pub(crate) fn files(&self) -> tokio::sync::watch::Receiver<Vec<PathBuf>> {
+        self.files.subscribe()
     }
 
     /// The loader's state now.
@@ -268,10 +268,10 @@ impl Loader {
         self.swap(cfg, &names);
         set_tls_expiry(&self.metrics, cfg);
         log_rotations(&st.config, cfg);
-        self.dirs.send_if_modified(|dirs| {
-            let new = dirs_of(&self.path, cfg);
-            let changed = *dirs != new;
-            *dirs = new;
+        self.files.send_if_modified(|files| {
+            let new = files_of(cfg);
+            let changed = *files != new;
+            *files = new;
             changed
         });
         st.names = names;
@@ -321,18 +321,12 @@ fn tls_switch(live: &EndpointConfig, new: &EndpointConfig) -> Option<String> {
     None
 }
 
-/// The directories of the files `cfg` read, other than the endpoint file's own, each once.
-fn dirs_of(path: &Path, cfg: &EndpointConfig) -> Vec<PathBuf> {
-    let own = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = cfg
-        .files()
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .filter(|d| *d != own)
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    dirs
+/// The files `cfg` read besides the endpoint file, each once.
+fn files_of(cfg: &EndpointConfig) -> Vec<PathBuf> {
+    let mut files = cfg.files();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Logs each listener whose certificate or key changed.

@@ -22,7 +22,7 @@ pub(crate) fn spawn(loader: Arc<Loader>) {
     let (tx, rx) = mpsc::channel(TRIGGERS);
     tokio::spawn(watch::run(
         loader.path().to_path_buf(),
-        loader.dirs(),
+        loader.files(),
         tx.clone(),
     ));
     tokio::spawn(dns::run(loader.clone(), tx));

@@ -2,7 +2,9 @@
 //! the file (so renames, symlink swaps and re-creations are all seen), checks it periodically
 //! and listens for SIGHUP; it only signals the loader, which decides.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -24,15 +26,45 @@ enum WatchMsg {
     Failed(String),
 }
 
+/// The names of the files read (the endpoint file and those it names): only events about
+/// them, or about a Kubernetes volume's `..data` swap, wake anything. A directory shared with
+/// busy files (logs, a load tool's output) costs nothing then.
+#[derive(Debug, Default)]
+struct Interest {
+    names: Mutex<Vec<OsString>>,
+}
+
+impl Interest {
+    fn set(&self, files: impl Iterator<Item = PathBuf>) {
+        let names = files.filter_map(|f| f.file_name().map(|n| n.to_os_string()));
+        let mut kept = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        *kept = names.collect();
+    }
+
+    /// Whether an event about `paths` may concern a file read (no path: it may).
+    fn concerns(&self, paths: &[PathBuf]) -> bool {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        paths.is_empty()
+            || paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    names.iter().any(|w| w == n) || n.to_string_lossy().starts_with("..")
+                })
+            })
+    }
+}
+
 /// Watches the directory holding the file (so renames, symlink swaps and re-creations are all
-/// seen), non-recursively. Access events (including the loader's own reads) are ignored.
+/// seen), non-recursively. Access events (including the loader's own reads) and events about
+/// other files are ignored.
 fn start_watcher(
     dir: &Path,
     tx: mpsc::UnboundedSender<WatchMsg>,
+    interest: Arc<Interest>,
 ) -> Option<notify::RecommendedWatcher> {
     let handler = move |res: notify::Result<notify::Event>| {
         let msg = match res {
             Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => return,
+            Ok(ev) if !interest.concerns(&ev.paths) => return,
             Ok(_) => WatchMsg::Changed,
             Err(e) => WatchMsg::Failed(e.to_string()),
         };
@@ -78,22 +110,35 @@ fn watch_extra(
     }
 }
 
-/// Signals the loader until the process ends or the loader is gone: a settled change in the
-/// file's directory or in the directories of the files it names (`dirs`), the periodic
+/// Signals the loader until the process ends or the loader is gone: a settled change to the
+/// file or to the files it names (`files`, watched in their directories), the periodic
 /// content check, SIGHUP.
 pub(super) async fn run(
     path: PathBuf,
-    mut dirs: tokio::sync::watch::Receiver<Vec<PathBuf>>,
+    mut files: tokio::sync::watch::Receiver<Vec<PathBuf>>,
     triggers: mpsc::Sender<Trigger>,
 ) {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let interest = Arc::new(Interest::default());
+    // The endpoint file and the files it names; the directories of the latter besides its own.
+    let follow = |files: &[PathBuf], watcher: &mut Option<_>, watched: &mut Vec<PathBuf>| {
+        interest.set(std::iter::once(path.clone()).chain(files.iter().cloned()));
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .filter(|d| *d != dir)
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        watch_extra(watcher, &dirs, watched);
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = start_watcher(&dir, tx.clone());
+    let mut watcher = start_watcher(&dir, tx.clone(), interest.clone());
     let mut watched = Vec::new();
-    watch_extra(&mut watcher, &dirs.borrow_and_update(), &mut watched);
+    follow(&files.borrow_and_update(), &mut watcher, &mut watched);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
@@ -110,14 +155,14 @@ pub(super) async fn run(
             },
             _ = poll.tick() => {
                 if watcher.is_none() {
-                    watcher = start_watcher(&dir, tx.clone());
+                    watcher = start_watcher(&dir, tx.clone(), interest.clone());
                     watched.clear();
-                    watch_extra(&mut watcher, &dirs.borrow(), &mut watched);
+                    follow(&files.borrow(), &mut watcher, &mut watched);
                 }
                 Trigger::Poll
             }
-            Ok(()) = dirs.changed() => {
-                watch_extra(&mut watcher, &dirs.borrow_and_update(), &mut watched);
+            Ok(()) = files.changed() => {
+                follow(&files.borrow_and_update(), &mut watcher, &mut watched);
                 continue;
             }
             _ = recv_hup(&mut hup) => Trigger::Signal,
@@ -163,4 +208,31 @@ async fn recv_hup(hup: &mut Hangup) {
     }
     let _ = hup;
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_events_about_the_files_read_or_a_volume_swap_concern_the_loader() {
+        let interest = Interest::default();
+        interest.set(
+            [
+                PathBuf::from("/etc/sg/endpoint.yaml"),
+                PathBuf::from("/etc/tls/tls.crt"),
+            ]
+            .into_iter(),
+        );
+        let about = |p: &str| interest.concerns(&[PathBuf::from(p)]);
+        assert!(about("/etc/sg/endpoint.yaml") && about("/etc/tls/tls.crt"));
+        assert!(about("/etc/tls/..data") && about("/etc/tls/..2026_12_03_06_00_00.123"));
+        assert!(!about("/etc/sg/access.log") && !about("/etc/sg/endpoint.yaml.swp"));
+        // A rename names both ends: the new name is enough.
+        assert!(interest.concerns(&[
+            PathBuf::from("/etc/sg/.tmp123"),
+            PathBuf::from("/etc/sg/endpoint.yaml")
+        ]));
+        assert!(interest.concerns(&[]));
+    }
 }
