@@ -17,35 +17,10 @@ secs=${SECONDS_LOAD:-6}
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 [ -x "$bin" ] || { echo "callgrind.sh: no binary at $bin (cargo build --release)" >&2; exit 1; }
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=load-test/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-# The address a process logged on a line containing $2, waiting up to 60 s.
-logged_addr() {
-  local log=$1 what=$2
-  for _ in $(seq 600); do
-    local a
-    a=$(grep -a "$what" "$log" | grep -oE 'addr=[0-9.]+:[0-9]+' | head -1 | cut -d= -f2 || true)
-    if [ -n "$a" ]; then echo "$a"; return 0; fi
-    sleep 0.1
-  done
-  echo "callgrind.sh: no '$what' in $log:" >&2
-  cat "$log" >&2
-  return 1
-}
-
-for name in blue green; do
-  "$bin" score-server --name "$name" --listen 127.0.0.1:0 2>"$tmp/$name.log" &
-  pids+=($!)
-done
-blue=$(logged_addr "$tmp/blue.log" "scoring server listening")
-green=$(logged_addr "$tmp/green.log" "scoring server listening")
+score_servers "$bin"
 
 cat >"$tmp/endpoint.yaml" <<EOF
 listen: 127.0.0.1:0

@@ -7,63 +7,6 @@ mod common;
 
 use common::*;
 
-/// A Python that can import grpc, or None (skipped) when there is none and none is required.
-fn python_with_grpcio() -> Option<&'static str> {
-    for python in ["/usr/bin/python3", "python3"] {
-        let ok = std::process::Command::new(python)
-            .args(["-c", "import grpc"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(python);
-        }
-    }
-    assert!(
-        std::env::var("SCOREGATE_REQUIRE_PEERS").is_err(),
-        "python3-grpcio is required (SCOREGATE_REQUIRE_PEERS is set) but not installed"
-    );
-    eprintln!("SKIPPED: no python3 with grpcio (apt-get install python3-grpcio)");
-    None
-}
-
-fn run(
-    python: &str,
-    addr: std::net::SocketAddr,
-    calls: u32,
-    pin: Option<&str>,
-) -> serde_json::Value {
-    run_with(python, addr, calls, pin, &[])
-}
-
-/// [`run`] with environment variables (`GRPC_ROOT_CERT`, `GRPC_SERVER_NAME` for TLS).
-fn run_with(
-    python: &str,
-    addr: std::net::SocketAddr,
-    calls: u32,
-    pin: Option<&str>,
-    env: &[(&str, &str)],
-) -> serde_json::Value {
-    let script = repo_path("tests/clients/grpcio_infer.py");
-    let mut args = vec![
-        script.display().to_string(),
-        addr.to_string(),
-        calls.to_string(),
-    ];
-    args.extend(pin.map(String::from));
-    let out = std::process::Command::new(python)
-        .args(&args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the grpcio client");
-    assert!(
-        out.status.success(),
-        "grpcio client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_calls_model_infer_through_the_proxy() {
     let Some(python) = python_with_grpcio() else {
@@ -71,18 +14,11 @@ async fn python_grpcio_calls_model_infer_through_the_proxy() {
     };
     let blue = Proc::score_server("blue", &["--grpc-listen", "127.0.0.1:0"]);
     let green = Proc::score_server("green", &["--model", "v2", "--grpc-listen", "127.0.0.1:0"]);
-    let grpc_addr = |p: &Proc| p.logged_addr("gRPC scoring server listening");
-    let file = format!(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ntraffic: {{blue: 50, green: 50}}\ndeployments:\n  blue:\n    instances: [{}]\n    grpc_instances: [{}]\n  green:\n    instances: [{}]\n    grpc_instances: [{}]\n",
-        blue.addr,
-        grpc_addr(&blue),
-        green.addr,
-        grpc_addr(&green)
-    );
+    let file = grpc_blue_green_file(&blue, &green, "traffic: {blue: 50, green: 50}\n");
     let proxy = Proc::proxy(&file);
 
     // 200 calls on one channel: each is split on its own.
-    let split = run(python, proxy.addr, 200, None);
+    let split = run_grpcio(python, proxy.addr, 200, None);
     assert_eq!(split["errors"], serde_json::json!([]), "{split}");
     let count = |d: &str| split["deployments"][d].as_u64().unwrap_or(0) as usize;
     assert_eq!(count("blue") + count("green"), 200, "{split}");
@@ -97,7 +33,7 @@ async fn python_grpcio_calls_model_infer_through_the_proxy() {
     assert!((prediction("green") - 6.3).abs() < 1e-9, "{split}");
 
     // Pinned by metadata.
-    let pinned = run(python, proxy.addr, 20, Some("green"));
+    let pinned = run_grpcio(python, proxy.addr, 20, Some("green"));
     assert_eq!(
         pinned["deployments"],
         serde_json::json!({"green": 20}),
@@ -105,7 +41,7 @@ async fn python_grpcio_calls_model_infer_through_the_proxy() {
     );
 
     // An unknown pin: INVALID_ARGUMENT, saying why.
-    let wrong = run(python, proxy.addr, 1, Some("purple"));
+    let wrong = run_grpcio(python, proxy.addr, 1, Some("purple"));
     assert_eq!(wrong["errors"][0]["code"], "INVALID_ARGUMENT", "{wrong}");
     let details = wrong["errors"][0]["details"].as_str().unwrap_or("");
     assert!(details.contains("unknown deployment \"purple\""), "{wrong}");
@@ -130,7 +66,7 @@ async fn python_grpcio_calls_over_tls_on_the_same_listener_as_https() {
     let ca = pki.ca.to_str().unwrap();
     let env = [("GRPC_ROOT_CERT", ca), ("GRPC_SERVER_NAME", "scoring.test")];
     // A secure channel (ALPN h2): every call answered by blue's gRPC port.
-    let secure = run_with(python, proxy.addr, 20, None, &env);
+    let secure = run_grpcio_with(python, proxy.addr, 20, None, &env);
     assert_eq!(secure["errors"], serde_json::json!([]), "{secure}");
     assert_eq!(
         secure["deployments"],
@@ -143,6 +79,6 @@ async fn python_grpcio_calls_over_tls_on_the_same_listener_as_https() {
         ("GRPC_ROOT_CERT", other.ca.to_str().unwrap()),
         ("GRPC_SERVER_NAME", "scoring.test"),
     ];
-    let refused = run_with(python, proxy.addr, 1, None, &env);
+    let refused = run_grpcio_with(python, proxy.addr, 1, None, &env);
     assert_eq!(refused["errors"][0]["code"], "UNAVAILABLE", "{refused}");
 }

@@ -956,3 +956,75 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Python that can import grpc, or None (skipped) when there is none and none is required.
+pub fn python_with_grpcio() -> Option<&'static str> {
+    for python in ["/usr/bin/python3", "python3"] {
+        let ok = std::process::Command::new(python)
+            .args(["-c", "import grpc"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    assert!(
+        std::env::var("SCOREGATE_REQUIRE_PEERS").is_err(),
+        "python3-grpcio is required (SCOREGATE_REQUIRE_PEERS is set) but not installed"
+    );
+    eprintln!("SKIPPED: no python3 with grpcio (apt-get install python3-grpcio)");
+    None
+}
+
+/// An endpoint file for built-in scoring servers `blue` and `green` started with
+/// `--grpc-listen`: each deployment's REST and gRPC instances; `top` holds the top-level lines
+/// before `deployments:` (`traffic:` at least).
+pub fn grpc_blue_green_file(blue: &Proc, green: &Proc, top: &str) -> String {
+    let grpc_addr = |p: &Proc| p.logged_addr("gRPC scoring server listening");
+    format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{top}deployments:\n  blue:\n    instances: [{}]\n    grpc_instances: [{}]\n  green:\n    instances: [{}]\n    grpc_instances: [{}]\n",
+        blue.addr,
+        grpc_addr(blue),
+        green.addr,
+        grpc_addr(green)
+    )
+}
+
+/// `tests/clients/grpcio_infer.py ADDR CALLS [PIN]` under `python`: its JSON report.
+pub fn run_grpcio(
+    python: &str,
+    addr: std::net::SocketAddr,
+    calls: u32,
+    pin: Option<&str>,
+) -> serde_json::Value {
+    run_grpcio_with(python, addr, calls, pin, &[])
+}
+
+/// [`run_grpcio`] with environment variables (`GRPC_ROOT_CERT`, `GRPC_SERVER_NAME` for TLS).
+pub fn run_grpcio_with(
+    python: &str,
+    addr: std::net::SocketAddr,
+    calls: u32,
+    pin: Option<&str>,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let script = repo_path("tests/clients/grpcio_infer.py");
+    let mut args = vec![
+        script.display().to_string(),
+        addr.to_string(),
+        calls.to_string(),
+    ];
+    args.extend(pin.map(String::from));
+    let out = std::process::Command::new(python)
+        .args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
