@@ -6,15 +6,17 @@
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
-/// Frames buffered between the live request and its copy.
-const TEE_CHANNEL: usize = 64;
+/// Bytes a copy may lag behind the live body before it is given up: counted in bytes, not
+/// frames, so a body in small frames (HTTP/2's 16 KiB, small chunks) is mirrored as well as
+/// one in large ones.
+const MAX_LAG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the tee passes to the copy.
 #[derive(Debug)]
@@ -26,12 +28,19 @@ enum Piece {
 /// Copies one live body can feed at most (the mirror targets).
 pub(crate) const MAX_COPIES: usize = 3;
 
+/// One copy's feed: its channel, and how many bytes it has taken so far.
+#[derive(Debug)]
+struct Feed {
+    tx: mpsc::UnboundedSender<Piece>,
+    taken: Arc<AtomicU64>,
+}
+
 /// The live side of up to [`MAX_COPIES`] copies: forwards each frame of the live body to each,
-/// or gives up on one (dropping its sender aborts that copy) when its channel is full or the
-/// body passes `limit`.
+/// or gives up on one (dropping its sender aborts that copy) when it lags more than
+/// [`MAX_LAG_BYTES`] behind or the body passes `limit`.
 #[derive(Debug)]
 pub(crate) struct Tee {
-    txs: [Option<mpsc::Sender<Piece>>; MAX_COPIES],
+    txs: [Option<Feed>; MAX_COPIES],
     sent: u64,
     limit: u64,
 }
@@ -42,10 +51,12 @@ impl Tee {
         self.sent += bytes.len() as u64;
         let over = self.sent > self.limit;
         for slot in &mut self.txs {
-            if let Some(tx) = slot
-                && (over || tx.try_send(Piece::Data(bytes.clone())).is_err())
-            {
-                *slot = None;
+            if let Some(feed) = slot {
+                let lag = self.sent - feed.taken.load(Ordering::Relaxed);
+                if over || lag > MAX_LAG_BYTES || feed.tx.send(Piece::Data(bytes.clone())).is_err()
+                {
+                    *slot = None;
+                }
             }
         }
     }
@@ -53,8 +64,8 @@ impl Tee {
     /// The live body ended.
     pub(crate) fn end(&mut self) {
         for slot in &mut self.txs {
-            if let Some(tx) = slot.take() {
-                let _ = tx.try_send(Piece::End);
+            if let Some(feed) = slot.take() {
+                let _ = feed.tx.send(Piece::End);
             }
         }
     }
@@ -62,13 +73,9 @@ impl Tee {
     /// Feeds one more copy: its body (`None` when all copies are fed already).
     pub(crate) fn add(&mut self, size: SizeHint) -> Option<CopyBody> {
         let free = self.txs.iter_mut().find(|t| t.is_none())?;
-        let (tx, rx) = mpsc::channel(TEE_CHANNEL);
-        *free = Some(tx);
-        Some(CopyBody {
-            rx,
-            size,
-            done: false,
-        })
+        let (feed, body) = feed(size, false);
+        *free = Some(feed);
+        Some(body)
     }
 }
 
@@ -76,9 +83,23 @@ impl Tee {
 /// tee gave up.
 #[derive(Debug)]
 pub(crate) struct CopyBody {
-    rx: mpsc::Receiver<Piece>,
+    rx: mpsc::UnboundedReceiver<Piece>,
+    taken: Arc<AtomicU64>,
     size: SizeHint,
     done: bool,
+}
+
+/// A copy's feed and its body.
+fn feed(size: SizeHint, done: bool) -> (Feed, CopyBody) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let taken = Arc::new(AtomicU64::new(0));
+    let body = CopyBody {
+        rx,
+        taken: taken.clone(),
+        size,
+        done,
+    };
+    (Feed { tx, taken }, body)
 }
 
 /// The copy's body was abandoned by the live side.
@@ -98,7 +119,10 @@ impl Body for CopyBody {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Piece::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Piece::Data(b))) => {
+                self.taken.fetch_add(b.len() as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
             Poll::Ready(Some(Piece::End)) => {
                 self.done = true;
                 Poll::Ready(None)
@@ -122,14 +146,9 @@ impl Body for CopyBody {
 /// complete at once.
 pub(crate) fn tee(size: SizeHint, limit: u64) -> (Option<Tee>, CopyBody) {
     let empty = size.exact() == Some(0);
-    let (tx, rx) = mpsc::channel(TEE_CHANNEL);
-    let body = CopyBody {
-        rx,
-        size,
-        done: empty,
-    };
+    let (first, body) = feed(size, empty);
     let tee = (!empty).then_some(Tee {
-        txs: [Some(tx), None, None],
+        txs: [Some(first), None, None],
         sent: 0,
         limit,
     });
@@ -138,12 +157,7 @@ pub(crate) fn tee(size: SizeHint, limit: u64) -> (Option<Tee>, CopyBody) {
 
 /// The body of a copy of an empty request.
 pub(crate) fn empty_copy() -> CopyBody {
-    let (_, rx) = mpsc::channel(1);
-    CopyBody {
-        rx,
-        size: SizeHint::with_exact(0),
-        done: true,
-    }
+    feed(SizeHint::with_exact(0), true).1
 }
 
 /// Raised by [`RequestBody`] when a streamed body passes the limit.
