@@ -365,7 +365,7 @@ fn check_listener_tls(
         Some(ListenerTls {
             pair,
             client_ca,
-            server: ServerTls(server),
+            server: Built(server),
         })
     };
     let tls = one("tls", &raw.tls);
@@ -418,8 +418,8 @@ fn check_upstream_tls(d: &RawDeployment, file: &Path) -> Checked<Option<Upstream
                 ca,
                 server_name,
                 client,
-                h1: ClientTls(h1),
-                h2: ClientTls(h2),
+                h1: Built(h1),
+                h2: Built(h2),
             }),
             errors,
         ),

@@ -159,23 +159,27 @@ pub struct ListenerTls {
     pub server: ServerTls,
 }
 
-/// A built rustls server configuration (compared by identity: it is rebuilt only with its
-/// files).
+/// A configuration built from files (a rustls server or client configuration). Equal to any
+/// other: it follows from its files, which its owner compares (by their digests).
 #[derive(Clone)]
-pub struct ServerTls(pub Arc<rustls::ServerConfig>);
+pub struct Built<T>(pub Arc<T>);
 
-impl fmt::Debug for ServerTls {
+impl<T> fmt::Debug for Built<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServerTls")
+        f.write_str("Built")
     }
 }
-impl PartialEq for ServerTls {
+impl<T> PartialEq for Built<T> {
     fn eq(&self, _: &Self) -> bool {
-        // The configuration follows from the files, which the owner compares.
         true
     }
 }
-impl Eq for ServerTls {}
+impl<T> Eq for Built<T> {}
+
+/// The rustls server configuration of a listener.
+pub type ServerTls = Built<rustls::ServerConfig>;
+/// A rustls client configuration of a deployment's instances.
+pub type ClientTls = Built<rustls::ClientConfig>;
 
 /// TLS to a deployment's instances: trust roots (default the system's), the name to verify
 /// (default the instance's host), an optional client certificate; the rustls configurations
@@ -188,22 +192,6 @@ pub struct UpstreamTls {
     pub h1: ClientTls,
     pub h2: ClientTls,
 }
-
-/// A built rustls client configuration (compared by identity of its files, like [`ServerTls`]).
-#[derive(Clone)]
-pub struct ClientTls(pub Arc<rustls::ClientConfig>);
-
-impl fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientTls")
-    }
-}
-impl PartialEq for ClientTls {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for ClientTls {}
 
 /// The bearer key of `bearer_key_file`, as the `Authorization` value sent (marked sensitive:
 /// never logged, never shown).
