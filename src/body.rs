@@ -23,6 +23,8 @@ const MAX_LAG_BYTES: u64 = 4 * 1024 * 1024;
 enum Piece {
     Data(Bytes),
     End,
+    /// The live body passed the copy's bound: the copy ends in [`Abandoned::too_large`].
+    TooLarge,
 }
 
 /// Copies one live body can feed at most (the mirror targets).
@@ -53,8 +55,10 @@ impl Tee {
         for slot in &mut self.txs {
             if let Some(feed) = slot {
                 let lag = self.sent - feed.taken.load(Ordering::Relaxed);
-                if over || lag > MAX_LAG_BYTES || feed.tx.send(Piece::Data(bytes.clone())).is_err()
-                {
+                if over {
+                    let _ = feed.tx.send(Piece::TooLarge);
+                    *slot = None;
+                } else if lag > MAX_LAG_BYTES || feed.tx.send(Piece::Data(bytes.clone())).is_err() {
                     *slot = None;
                 }
             }
@@ -102,10 +106,13 @@ fn feed(size: SizeHint, done: bool) -> (Feed, CopyBody) {
     (Feed { tx, taken }, body)
 }
 
-/// The copy's body was abandoned by the live side.
+/// The copy's body was abandoned by the live side: `too_large` when the live body passed the
+/// copy's bound, else because the copy fell behind (or the live request broke off).
 #[derive(Debug, thiserror::Error)]
 #[error("the mirrored body was not copied whole")]
-pub(crate) struct Abandoned;
+pub(crate) struct Abandoned {
+    pub(crate) too_large: bool,
+}
 
 impl Body for CopyBody {
     type Data = Bytes;
@@ -127,7 +134,10 @@ impl Body for CopyBody {
                 self.done = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(None) => Poll::Ready(Some(Err(Abandoned))),
+            Poll::Ready(Some(Piece::TooLarge)) => {
+                Poll::Ready(Some(Err(Abandoned { too_large: true })))
+            }
+            Poll::Ready(None) => Poll::Ready(Some(Err(Abandoned { too_large: false }))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -388,8 +388,8 @@ async fn a_10_mib_tensor_is_compared_and_one_over_the_bound_is_dropped() {
     let drops = mirror_drops(&proxy, "green").await;
     assert_eq!(counts(&report, "green"), [2, 0, 0], "{report:#}\n{drops:?}");
     // 13 MiB: the tee gives up on the copy past the bound; the live answer is whole, and the
-    // copy is dropped (never a match). Counted `abandoned` with an `incomparable` verdict, not
-    // `body_too_large` as with a declared length: the bound is only known to be passed midway.
+    // copy is dropped (never a match, an `incomparable` verdict), as `body_too_large` like one
+    // with a declared length, though the bound is only known to be passed midway.
     let live = post_chunked(&proxy, bigger_row).await;
     assert!(
         live.starts_with("HTTP/1.1 200") && live.contains("x-deployment: blue"),
@@ -404,6 +404,7 @@ async fn a_10_mib_tensor_is_compared_and_one_over_the_bound_is_dropped() {
         2.0,
         "{metrics}"
     );
+    assert_eq!(proxy.metric(dropped).await, 2.0, "{metrics}");
     eprintln!(
         "chunked 13 MiB copy dropped as: {:?}",
         mirror_drops(&proxy, "green").await

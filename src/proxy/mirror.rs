@@ -123,6 +123,20 @@ impl Mirroring {
     }
 }
 
+/// Why a copy whose body was not copied whole was dropped: past the bound (known only once the
+/// body streamed that far), or behind the live body.
+fn abandoned(f: &Failure) -> MirrorDrop {
+    let err: Option<&(dyn std::error::Error + 'static)> = match f {
+        Failure::Broken(e) => Some(e),
+        Failure::Client(e) => Some(&**e),
+        _ => None,
+    };
+    match err.and_then(crate::error::find_cause::<body::Abandoned>) {
+        Some(a) if a.too_large => MirrorDrop::BodyTooLarge,
+        _ => MirrorDrop::Abandoned,
+    }
+}
+
 fn dropped(mirror: &Mirror, reason: MirrorDrop) {
     mirror.dropped.inc();
     mirror.shadow.dropped(reason);
@@ -164,7 +178,7 @@ impl Copy {
             Err(None) => {}
             // The live body could not be copied whole: the copy never went out complete.
             Err(Some(f)) if upstream::classify(f).fault == Fault::Client => {
-                dropped(mirror, MirrorDrop::Abandoned)
+                dropped(mirror, abandoned(f))
             }
             Err(Some(f)) => {
                 tracing::debug!(deployment = %dep.name, error = ?f, "mirrored copy failed");
@@ -246,8 +260,12 @@ impl Copy {
         let body = if grpc {
             match body.collect().await {
                 Ok(whole) => RequestBody::buffered(whole.to_bytes(), u64::MAX),
-                Err(_) => {
-                    dropped(mirror, MirrorDrop::Abandoned);
+                Err(a) => {
+                    let reason = match a.too_large {
+                        true => MirrorDrop::BodyTooLarge,
+                        false => MirrorDrop::Abandoned,
+                    };
+                    dropped(mirror, reason);
                     return Err(None);
                 }
             }

@@ -157,7 +157,7 @@ fn client_cause(err: &(dyn StdError + 'static)) -> Option<Verdict> {
     let error = if let Some(t) = find_cause::<BodyTooLarge>(err) {
         ProxyError::BodyTooLarge { limit: t.limit }
     } else if caused_by::<Abandoned>(err) {
-        ProxyError::ClientBody(Abandoned.to_string())
+        ProxyError::ClientBody("the mirrored body was not copied whole".to_string())
     } else if err
         .downcast_ref::<hyper::Error>()
         .is_some_and(hyper::Error::is_user)
@@ -183,7 +183,7 @@ mod tests {
         assert_eq!((v.error.status().as_u16(), v.fault), (502, Fault::Instance));
         let v = classify(&Failure::Client(Box::new(BodyTooLarge { limit: 10 })));
         assert_eq!((v.error.status().as_u16(), v.fault), (413, Fault::Client));
-        let v = classify(&Failure::Client(Box::new(Abandoned)));
+        let v = classify(&Failure::Client(Box::new(Abandoned { too_large: false })));
         assert_eq!((v.error.status().as_u16(), v.fault), (400, Fault::Client));
         let v = classify(&Failure::Client("reset".into()));
         assert_eq!(
