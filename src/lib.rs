@@ -7,7 +7,7 @@
 //! <!-- layers -->
 //! | layer | modules | what it holds |
 //! | --- | --- | --- |
-//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body`, `grpc`, `shadow` | errors answered, limits, the instance address, metric handles, the request body, the gRPC messages, how a mirrored answer is compared |
+//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body`, `grpc`, `shadow`, `io` | errors answered, limits, the instance address, metric handles, the request body, the gRPC messages, how a mirrored answer is compared |
 //! | 1 file | `tls`, `config` | certificate files checked into rustls configurations; the endpoint file: YAML with positions, independent checks, the `traffic:` rewriter |
 //! | 2 instance | `instance`, `discovery` | one instance's state (health, pool, slot); host names and their addresses |
 //! | 3 route | `routing`, `upstream` | the compiled table and the choice; the exchange and its one failure classification |
@@ -26,6 +26,7 @@ pub mod addr;
 mod body;
 mod error;
 pub mod grpc;
+mod io;
 mod limits;
 pub mod metrics;
 pub mod shadow;

@@ -187,16 +187,10 @@ async fn connect(
     addr: &InstanceAddr,
     tls: Option<&Tls>,
 ) -> std::io::Result<SendRequest<RequestBody>> {
-    match open(addr, tls).await? {
-        Stream::Tcp(io) => handshake(io).await,
-        Stream::Tls(io) => handshake(io).await,
-    }
+    handshake(open(addr, tls).await?).await
 }
 
-async fn handshake<I>(io: I) -> std::io::Result<SendRequest<RequestBody>>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+async fn handshake(io: Stream) -> std::io::Result<SendRequest<RequestBody>> {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)

@@ -11,6 +11,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::addr::InstanceAddr;
 use crate::body::RequestBody;
+use crate::io::MaybeTls;
 use crate::limits::MAX_BUF_BYTES;
 
 use super::tls::Tls;
@@ -116,20 +117,15 @@ async fn tcp_connect(addr: &InstanceAddr) -> std::io::Result<TcpStream> {
 pub(super) async fn open(addr: &InstanceAddr, tls: Option<&Tls>) -> std::io::Result<Stream> {
     let tcp = tcp_connect(addr).await?;
     tcp.set_nodelay(true)?;
-    Ok(match tls {
-        None => Stream::Tcp(TokioIo::new(tcp)),
-        Some(tls) => Stream::Tls(TokioIo::new(tls.handshake(tcp).await?)),
-    })
+    Ok(TokioIo::new(match tls {
+        None => MaybeTls::Plain(tcp),
+        Some(tls) => MaybeTls::Tls(Box::new(tls.handshake(tcp).await?)),
+    }))
 }
 
-/// An open connection to an instance, cleartext or TLS, for hyper's handshakes.
-// Unboxed: it lives only from the connect to hyper's handshake, which takes the stream by value
-// (a box would be one more allocation and pointer chase for every read of a TLS connection).
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Stream {
-    Tcp(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>),
-}
+/// An open connection to an instance, cleartext or TLS: one type, so that hyper's client code
+/// is built once.
+pub(super) type Stream = TokioIo<MaybeTls<TlsStream<TcpStream>>>;
 
 /// Drives an upstream connection in its own task until it ends. The receiver gets the error
 /// it ended with, if any (drop it when no one will ask).
@@ -158,10 +154,7 @@ pub(crate) async fn connect(
     addr: &InstanceAddr,
     tls: Option<&Tls>,
 ) -> std::io::Result<(Conn, Ended)> {
-    let (sender, ended) = match open(addr, tls).await? {
-        Stream::Tcp(io) => handshake(io).await?,
-        Stream::Tls(io) => handshake(io).await?,
-    };
+    let (sender, ended) = handshake(open(addr, tls).await?).await?;
     let conn = Conn {
         sender,
         idle_for: None,
@@ -169,10 +162,7 @@ pub(crate) async fn connect(
     Ok((conn, ended))
 }
 
-async fn handshake<I>(io: I) -> std::io::Result<(SendRequest<RequestBody>, Ended)>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+async fn handshake(io: Stream) -> std::io::Result<(SendRequest<RequestBody>, Ended)> {
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(MAX_BUF_BYTES)
         .handshake(io)

@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::io::MaybeTls;
 use crate::limits::{
     H2_MAX_LOCAL_RESETS, H2_MAX_PENDING_RESETS, H2_MAX_STREAMS, MAX_BUF_BYTES, MAX_HEAD_BYTES,
 };
@@ -211,7 +212,7 @@ pub(crate) async fn serve(
                         () = quiet_watchdog(&conn.activity, timeout) => return,
                     };
                     if let Ok(Some(h2)) = preface {
-                        conn.serve(stream, h2, service).await;
+                        conn.serve(MaybeTls::Plain(stream), h2, service).await;
                     }
                 }
                 Some(config) => {
@@ -240,7 +241,8 @@ pub(crate) async fn serve(
                         alpn = if h2 { "h2" } else { "http/1.1" },
                         "TLS connection"
                     );
-                    conn.serve(stream, h2, service).await;
+                    conn.serve(MaybeTls::Tls(Box::new(stream)), h2, service)
+                        .await;
                 }
             }
         });
@@ -256,6 +258,9 @@ pub(crate) async fn serve(
     }
 }
 
+/// A client's connection, plain or TLS.
+type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
 /// A client connection's server side, once its protocol is known.
 struct Conn {
     h1: http1::Builder,
@@ -267,10 +272,10 @@ struct Conn {
 }
 
 impl Conn {
-    /// Serves `io` as HTTP/2 (`h2`) or HTTP/1.1 until it ends, goes quiet or is drained.
-    async fn serve<I, S>(self, io: I, h2: bool, service: S)
+    /// Serves `io` as HTTP/2 (`h2`) or HTTP/1.1 until it ends, goes quiet or is drained. One
+    /// stream type for plain and TLS connections: hyper's server code is built once.
+    async fn serve<S>(self, io: ClientStream, h2: bool, service: S)
     where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Guarded>
             + Clone
             + Send
