@@ -361,8 +361,11 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, tls: bool) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        // The certificate of the moment (it rotates with the table).
-        let config = admin.loader.table().load().admin_tls.clone();
+        // The certificate of the moment (it rotates with the table); a cleartext listener does
+        // not look.
+        let config = tls
+            .then(|| admin.loader.table().load().admin_tls.clone())
+            .flatten();
         let admin = admin.clone();
         let service = service_fn(move |req| {
             let out = admin.handle(&req);

@@ -250,9 +250,22 @@ impl Admin {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// The live traffic map of the proxy, from `/config`.
-    async fn traffic(&self) -> Result<Vec<(String, u8)>, String> {
-        self.percents("traffic").await
+    /// Waits up to 10 s for `/config`'s `key` map (`traffic`, `mirror`) to be `want` (sorted):
+    /// `Some(true)` once it is, `Some(false)` when it never was, `None` on Ctrl-C.
+    async fn applied(&self, key: &str, want: &[(String, u8)]) -> Option<bool> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.percents(key).await {
+                Ok(m) if m == want => return Some(true),
+                _ if Instant::now() > deadline => return Some(false),
+                _ => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = tokio::signal::ctrl_c() => return None,
+                    }
+                }
+            }
+        }
     }
 
     /// A map of deployment to percent of `/config` (`traffic`, `mirror`), sorted.
@@ -321,19 +334,19 @@ async fn shadow_step(
         opts.to,
         period.as_secs_f64()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match admin.percents("mirror").await {
-            Ok(m) if m == mirror => break,
-            _ if Instant::now() > deadline => {
-                put_back()?;
-                return Ok(Some(format!(
-                    "the proxy at {} did not apply the shadow mirror within 10 s (is it serving {}?)",
-                    admin.base,
-                    path.display()
-                )));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+    match admin.applied("mirror", &mirror).await {
+        Some(true) => {}
+        Some(false) => {
+            put_back()?;
+            return Ok(Some(format!(
+                "the proxy at {} did not apply the shadow mirror within 10 s (is it serving {}?)",
+                admin.base,
+                path.display()
+            )));
+        }
+        None => {
+            put_back()?;
+            return Ok(Some("interrupted".into()));
         }
     }
     let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup);
@@ -517,29 +530,19 @@ pub(crate) async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutE
             // Wait for the proxy to serve the new weights.
             let mut want = current.clone();
             want.sort();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match admin.traffic().await {
-                    Ok(t) if t == want => break,
-                    _ if Instant::now() > deadline => {
-                        restore(path, &original_text, &written.borrow(), &original)?;
-                        return Ok(Outcome::RolledBack(format!(
-                            "step {}: the proxy at {} did not apply the new weights within 10 s (is it serving {}?); restored {}",
-                            i + 1,
-                            admin.base,
-                            path.display(),
-                            show(&original)
-                        )));
-                    }
-                    _ => {
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                                _ = tokio::signal::ctrl_c() => {
-                                    return abort("interrupted".into(), &written.borrow());
-                                }
-                            }
-                        }
+            match admin.applied("traffic", &want).await {
+                Some(true) => {}
+                Some(false) => {
+                    restore(path, &original_text, &written.borrow(), &original)?;
+                    return Ok(Outcome::RolledBack(format!(
+                        "step {}: the proxy at {} did not apply the new weights within 10 s (is it serving {}?); restored {}",
+                        i + 1,
+                        admin.base,
+                        path.display(),
+                        show(&original)
+                    )));
                 }
+                None => return abort("interrupted".into(), &written.borrow()),
             }
             let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
             let start = sample(&start_text, &opts.to);

@@ -31,6 +31,26 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// The session-ticket keys (rotating, as rustls's ticketer does) for the certificate pair with
+/// `digest`: kept while the pair is, so a reload that changes something else (a weight) does not
+/// invalidate the tickets clients hold; new with a new pair, so that no client resumes into the
+/// old certificate's session after a rotation.
+fn ticketer(digest: [u8; 32]) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    type Kept = ([u8; 32], Arc<dyn rustls::server::ProducesTickets>);
+    static TICKETERS: std::sync::Mutex<Vec<Kept>> = std::sync::Mutex::new(Vec::new());
+    let mut kept = TICKETERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, t)) = kept.iter().find(|(d, _)| *d == digest) {
+        return Ok(t.clone());
+    }
+    let made = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS: {e}"))?;
+    // A listener and the admin listener at most: the newest few pairs.
+    if kept.len() >= 4 {
+        kept.remove(0);
+    }
+    kept.push((digest, made.clone()));
+    Ok(made)
+}
+
 /// What a certificate says, for `check`, logs and the expiry metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -205,11 +225,12 @@ pub fn load_pair(cert_file: &Path, key_file: &Path, now: SystemTime) -> Result<P
         key_file: key_file.to_path_buf(),
         info,
         key: Arc::new(certified),
-        digest: crate_sha256(&both),
+        digest: sha256(&both),
     })
 }
 
-fn crate_sha256(bytes: &[u8]) -> [u8; 32] {
+/// SHA-256 of `bytes` (file digests, key digests).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
 }
@@ -254,7 +275,7 @@ pub fn load_roots(path: &Path, what: &str) -> Result<Roots, String> {
     Ok(Roots {
         file: path.to_path_buf(),
         store: Arc::new(store),
-        digest: crate_sha256(&bytes),
+        digest: sha256(&bytes),
     })
 }
 
@@ -294,7 +315,7 @@ pub fn server_config(pair: &Pair, client_ca: Option<&Roots>) -> Result<Arc<Serve
     };
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(pair.key.clone())));
     config.alpn_protocols = LISTENER_ALPN.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS: {e}"))?;
+    config.ticketer = ticketer(pair.digest)?;
     Ok(Arc::new(config))
 }
 

@@ -250,11 +250,7 @@ pub struct MirrorConfig {
 /// 16 MiB, the default request body limit, so large tensors are mirrored too.
 pub const DEFAULT_MIRROR_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
-/// SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
-}
+pub use crate::tls::sha256;
 
 /// The keys of a keys file: one per line, surrounding blanks trimmed, empty lines and lines
 /// starting with `#` skipped; returned as SHA-256 digests.

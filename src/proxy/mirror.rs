@@ -200,7 +200,7 @@ impl Copy {
             (Some(l), Ok(c)) => (None, Some(l.clone()), Some(c)),
         };
         let (live_body, copy_body) = match (&live, copy) {
-            (Some(l), Some(c)) => (l.joined(), join(&c.body)),
+            (Some(l), Some(c)) => (l.joined(), shadow::join(&c.body)),
             _ => (Bytes::new(), Bytes::new()),
         };
         let outcome = match (verdict_only, &live, copy) {
@@ -329,14 +329,4 @@ impl Copy {
             });
         outcome.map_err(Some)
     }
-}
-
-/// A copy's body frames in one piece.
-fn join(frames: &[Bytes]) -> Bytes {
-    shadow::LiveAnswer {
-        status: 0,
-        body: frames.to_vec(),
-        over: false,
-    }
-    .joined()
 }

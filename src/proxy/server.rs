@@ -170,11 +170,14 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // The certificate of the moment: a rotation applies to connections accepted after it.
-        let tls = match (limits.tls, proxy.tls()) {
-            (false, _) => None,
-            (true, Some(config)) => Some(config),
-            // Not reached: the loader keeps TLS on while the listener was started with it.
-            (true, None) => continue,
+        // A cleartext listener does not look.
+        let tls = match limits.tls {
+            false => None,
+            true => match proxy.tls() {
+                Some(config) => Some(config),
+                // Not reached: the loader keeps TLS on while the listener was started with it.
+                None => continue,
+            },
         };
         let proxy = proxy.clone();
         let peer = Peer::new(remote);

@@ -68,6 +68,20 @@ pub struct Seen<'a> {
     pub copy_body: &'a [u8],
 }
 
+impl Target {
+    /// Mismatches over comparisons in the minute before second `sec`.
+    fn recent_ratio(&self, sec: u64) -> Option<f64> {
+        let mut counts = [0u64; 3];
+        for (_, c) in self.recent.iter().filter(|(s, _)| *s + WINDOW_SECS > sec) {
+            for k in 0..3 {
+                counts[k] += c[k];
+            }
+        }
+        let compared = counts[0] + counts[1];
+        (compared > 0).then(|| counts[1] as f64 / compared as f64)
+    }
+}
+
 fn index(v: &Verdict) -> usize {
     match v {
         Verdict::Match => 0,
@@ -157,45 +171,29 @@ impl Evidence {
     /// The mismatch ratio of `deployment` over the minute before `now`: mismatches over
     /// comparisons (incomparable ones excluded), `None` without comparisons.
     pub fn recent_ratio(&self, deployment: &str, now: SystemTime) -> Option<f64> {
-        let sec = epoch_secs(now);
         let inner = self.lock();
         let t = inner.targets.iter().find(|t| t.deployment == deployment)?;
-        let mut counts = [0u64; 3];
-        for (s, c) in &t.recent {
-            if *s + WINDOW_SECS > sec {
-                for k in 0..3 {
-                    counts[k] += c[k];
-                }
-            }
-        }
-        let compared = counts[0] + counts[1];
-        (compared > 0).then(|| counts[1] as f64 / compared as f64)
+        t.recent_ratio(epoch_secs(now))
     }
 
     /// `GET /shadow`: per target the counts and the last minute's ratio, then the last
     /// mismatches, newest first.
     pub fn report(&self, now: SystemTime) -> Value {
-        let names: Vec<String> = self
-            .lock()
+        let sec = epoch_secs(now);
+        let inner = self.lock();
+        let targets: Vec<Value> = inner
             .targets
             .iter()
-            .map(|t| t.deployment.clone())
-            .collect();
-        let mut targets = Vec::new();
-        for name in names {
-            let ratio = self.recent_ratio(&name, now);
-            let inner = self.lock();
-            if let Some(t) = inner.targets.iter().find(|t| t.deployment == name) {
-                targets.push(json!({
+            .map(|t| {
+                json!({
                     "deployment": t.deployment,
                     "match": t.total[0],
                     "mismatch": t.total[1],
                     "incomparable": t.total[2],
-                    "mismatch_ratio_last_minute": ratio,
-                }));
-            }
-        }
-        let inner = self.lock();
+                    "mismatch_ratio_last_minute": t.recent_ratio(sec),
+                })
+            })
+            .collect();
         let mismatches: Vec<Value> = inner
             .mismatches
             .iter()

@@ -98,15 +98,20 @@ impl LiveTap {
 impl LiveAnswer {
     /// The body in one piece.
     pub fn joined(&self) -> Bytes {
-        match self.body.as_slice() {
-            [one] => one.clone(),
-            many => {
-                let mut out = Vec::with_capacity(many.iter().map(Bytes::len).sum());
-                for b in many {
-                    out.extend_from_slice(b);
-                }
-                Bytes::from(out)
+        join(&self.body)
+    }
+}
+
+/// Frames in one piece (one frame: shared, not copied).
+pub fn join(frames: &[Bytes]) -> Bytes {
+    match frames {
+        [one] => one.clone(),
+        many => {
+            let mut out = Vec::with_capacity(many.iter().map(Bytes::len).sum());
+            for b in many {
+                out.extend_from_slice(b);
             }
+            Bytes::from(out)
         }
     }
 }

@@ -11,4 +11,4 @@ pub use compare::{
     DEFAULT_REL_TOLERANCE, Difference, Outcome, Verdict, compare,
 };
 pub use evidence::{Evidence, KEPT_BODY_BYTES, KEPT_MISMATCHES, Seen, WINDOW};
-pub use live::{LiveAnswer, LiveTap, LiveWaiter};
+pub use live::{LiveAnswer, LiveTap, LiveWaiter, join};
