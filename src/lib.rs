@@ -7,7 +7,7 @@
 //! <!-- layers -->
 //! | layer | modules | what it holds |
 //! | --- | --- | --- |
-//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body`, `grpc`, `shadow`, `io` | errors answered, limits, the instance address, metric handles, the request body, the gRPC messages, how a mirrored answer is compared |
+//! | 0 values | `error`, `limits`, `addr`, `metrics`, `body`, `grpc`, `shadow`, `io`, `telemetry` | errors answered, limits, the instance address, metric handles, the request body, the gRPC messages, how a mirrored answer is compared, one request's ids, record, access log line and span |
 //! | 1 file | `tls`, `config` | certificate files checked into rustls configurations; the endpoint file: YAML with positions, independent checks, the `traffic:` rewriter |
 //! | 2 instance | `instance`, `discovery` | one instance's state (health, pool, slot); host names and their addresses |
 //! | 3 route | `routing`, `upstream` | the compiled table and the choice; the exchange and its one failure classification |
@@ -30,6 +30,7 @@ mod io;
 mod limits;
 pub mod metrics;
 pub mod shadow;
+mod telemetry;
 // Layer 1: the endpoint file.
 pub mod config;
 pub mod tls;

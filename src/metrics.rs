@@ -199,6 +199,26 @@ pub struct Metrics {
     shadow_difference: HistogramVec,
     mirror_duration: HistogramVec,
     mirror_dropped: IntCounterVec,
+    /// Access log lines and OTLP spans: written, exported, dropped.
+    pub telemetry: TelemetryMetrics,
+}
+
+/// Counters of the access log and the span exporter (`scoregate_access_log_*`,
+/// `scoregate_trace_spans_*`), cloned into their writer and exporter.
+#[derive(Clone)]
+pub struct TelemetryMetrics {
+    /// Lines written to the access log.
+    pub log_written: IntCounter,
+    /// Lines dropped: the writer's queue was full (a slow disk).
+    pub log_dropped_queue_full: IntCounter,
+    /// Lines dropped: the file could not be opened or written (a full or read-only disk).
+    pub log_dropped_write_error: IntCounter,
+    /// Spans accepted by the OTLP receiver.
+    pub spans_exported: IntCounter,
+    /// Spans dropped: the exporter's queue was full.
+    pub spans_dropped_queue_full: IntCounter,
+    /// Spans dropped: the export failed (collector down, refused, timed out).
+    pub spans_dropped_export_failed: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -310,6 +330,26 @@ impl Metrics {
             "Mirrored copies not sent or not compared, by mirror deployment and reason (body_too_large, backlog, abandoned).",
             &["deployment", "reason"],
         );
+        let log_lines = IntCounter::new(
+            "scoregate_access_log_lines_total",
+            "Lines written to the access log.",
+        )
+        .expect("static metric definition");
+        let log_dropped = counter_vec(
+            "scoregate_access_log_dropped_total",
+            "Access log lines dropped, by reason: queue_full (the disk is slower than the requests), write_error (the file cannot be opened or written).",
+            &["reason"],
+        );
+        let spans = IntCounter::new(
+            "scoregate_trace_spans_exported_total",
+            "Spans accepted by the OTLP receiver.",
+        )
+        .expect("static metric definition");
+        let spans_dropped = counter_vec(
+            "scoregate_trace_spans_dropped_total",
+            "Spans not exported, by reason: queue_full (the exporter is behind), export_failed (the collector is down or refused them).",
+            &["reason"],
+        );
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(dns_errors.clone()),
             Box::new(tls_expiry.clone()),
@@ -328,6 +368,10 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(config_last_reload_success.clone()),
+            Box::new(log_lines.clone()),
+            Box::new(log_dropped.clone()),
+            Box::new(spans.clone()),
+            Box::new(spans_dropped.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric registered once");
@@ -358,6 +402,14 @@ impl Metrics {
             shadow_difference,
             mirror_duration,
             mirror_dropped,
+            telemetry: TelemetryMetrics {
+                log_written: log_lines,
+                log_dropped_queue_full: log_dropped.with_label_values(&["queue_full"]),
+                log_dropped_write_error: log_dropped.with_label_values(&["write_error"]),
+                spans_exported: spans,
+                spans_dropped_queue_full: spans_dropped.with_label_values(&["queue_full"]),
+                spans_dropped_export_failed: spans_dropped.with_label_values(&["export_failed"]),
+            },
         }
     }
 
