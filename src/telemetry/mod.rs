@@ -4,7 +4,11 @@
 //! path through bounded queues: a slow disk or a down collector drops records and counts them.
 
 mod ids;
+mod otlp;
 mod record;
 
 pub(crate) use ids::{TraceContext, hex, new_request_id};
+// Not used by the request path yet.
+#[allow(unused_imports)]
+pub(crate) use otlp::Exporter;
 pub(crate) use record::{Kind, Protocol, Record, Route};

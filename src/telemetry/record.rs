@@ -122,3 +122,40 @@ impl Record {
                 .is_some_and(|c| crate::metrics::GRPC_SERVER_FAILURES.contains(&c))
     }
 }
+
+#[cfg(test)]
+impl Record {
+    /// A live HTTP/1.1 `POST /v1/score?token=secret` that a weighted route sent to `blue` at
+    /// `10.0.0.5:8080`, answered 200 and completed; a continued trace, sampled.
+    pub(crate) fn sample() -> Record {
+        Record {
+            kind: Kind::Live,
+            start: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            request_id: HeaderValue::from_static("req-1"),
+            trace: TraceContext {
+                trace_id: [0x4b; 16],
+                span_id: [0x0a; 8],
+                parent_id: Some([0x0f; 8]),
+                flags: 1,
+            },
+            client: SocketAddr::from(([192, 0, 2, 7], 51_000)),
+            method: Method::POST,
+            uri: Uri::from_static("/v1/score?token=secret"),
+            protocol: Protocol::Http11,
+            status: 200,
+            grpc_status: None,
+            deployment: Some(Arc::from("blue")),
+            instance: Some(Arc::from("10.0.0.5:8080")),
+            route: Some(Route::Weighted),
+            bytes_in: 100,
+            bytes_out: 2_000,
+            to_headers: Duration::from_millis(5),
+            duration: Duration::from_millis(12),
+            connect: Some(Duration::from_micros(1_500)),
+            retried: false,
+            mirrored: Vec::new(),
+            error: None,
+            completed: true,
+        }
+    }
+}
