@@ -3,8 +3,10 @@
 //! exporter that sends it as an OTLP span (`otlp`). Both sinks take records off the request
 //! path through bounded queues: a slow disk or a down collector drops records and counts them.
 
+mod failures;
 mod ids;
 mod record;
 
+pub(crate) use failures::{FailedRequest, FailedRequests};
 pub(crate) use ids::{TraceContext, hex, new_request_id};
 pub(crate) use record::{Kind, Protocol, Record, Route};
