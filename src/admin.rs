@@ -1,6 +1,7 @@
-//! Layer 6 (tools): the admin listener (`admin_listen`): `/metrics`, `/healthz`, `/readyz`, `/config`, and the
-//! live status page at `/` with its `/status.json`. Beside the data path, on its own socket so
-//! that scrapes never queue behind scoring traffic.
+//! Layer 6 (tools): the admin listener (`admin_listen`): `/metrics`, `/healthz`, `/readyz`, `/config`, `/shadow`,
+//! `/failures` (the last failed requests by request id), and the live status page at `/` with
+//! its `/status.json`. Beside the data path, on its own socket so that scrapes never queue
+//! behind scoring traffic.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use crate::control::Loader;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
 use crate::routing::Table;
 use crate::shadow::Evidence;
+use crate::telemetry::{FailedRequest, FailedRequests};
 
 /// The status page, one self-contained file.
 const STATUS_HTML: &str = include_str!("status.html");
@@ -48,6 +50,8 @@ pub(crate) struct Admin {
     metrics: Arc<Metrics>,
     /// What shadow comparisons found.
     evidence: Arc<Evidence>,
+    /// The last failed requests, recorded by the request path.
+    failures: Arc<FailedRequests>,
     history: Mutex<VecDeque<Snapshot>>,
 }
 
@@ -101,16 +105,39 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// `/failures`: `{"failures": [...]}`, oldest first, each with its time (RFC 3339 with
+/// milliseconds), request id, deployment, instance, HTTP status, gRPC status and scoregate's
+/// own error (null when not known or not one).
+fn failures_json(list: &[FailedRequest]) -> Value {
+    let failures: Vec<Value> = list
+        .iter()
+        .map(|f| {
+            json!({
+                "time": humantime::format_rfc3339_millis(f.time).to_string(),
+                "request_id": f.request_id,
+                "deployment": f.deployment,
+                "instance": f.instance,
+                "status": f.status,
+                "grpc_status": f.grpc_status,
+                "error": f.error,
+            })
+        })
+        .collect();
+    json!({ "failures": failures })
+}
+
 impl Admin {
     pub(crate) fn new(
         loader: Arc<Loader>,
         metrics: Arc<Metrics>,
         evidence: Arc<Evidence>,
+        failures: Arc<FailedRequests>,
     ) -> Admin {
         Admin {
             loader,
             metrics,
             evidence,
+            failures,
             history: Mutex::new(VecDeque::new()),
         }
     }
@@ -296,19 +323,20 @@ impl Admin {
         })
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
+    fn handle(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
             return respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "application/json",
                 r#"{"error":"the admin listener answers GET only"}"#,
             );
         }
-        match req.uri().path() {
+        match path {
             "/" | "/index.html" => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_HTML),
             "/status.json" => json_response(StatusCode::OK, &self.status_json()),
             "/config" => json_response(StatusCode::OK, &self.config_json()),
             "/shadow" => json_response(StatusCode::OK, &self.evidence.report(SystemTime::now())),
+            "/failures" => json_response(StatusCode::OK, &failures_json(&self.failures.recent())),
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -326,7 +354,7 @@ impl Admin {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                r#"{"error":"not found: try /, /metrics, /healthz, /readyz, /config or /status.json"}"#,
+                r#"{"error":"not found: try /, /metrics, /healthz, /readyz, /config, /status.json, /shadow or /failures"}"#,
             ),
         }
     }
@@ -367,8 +395,8 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, tls: bool) {
             .then(|| admin.loader.table().load().admin_tls.clone())
             .flatten();
         let admin = admin.clone();
-        let service = service_fn(move |req| {
-            let out = admin.handle(&req);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let out = admin.handle(req.method(), req.uri().path());
             async move { Ok::<_, Infallible>(out) }
         });
         let http = http.clone();
@@ -456,7 +484,12 @@ mod readiness_tests {
         let loaded = config::load_file(&path).unwrap();
         let metrics = Arc::new(Metrics::new());
         let loader = Arc::new(Loader::new(&path, &loaded, metrics.clone()));
-        let admin = Admin::new(loader.clone(), metrics.clone(), Arc::default());
+        let admin = Admin::new(
+            loader.clone(),
+            metrics.clone(),
+            Arc::default(),
+            Arc::default(),
+        );
         assert_eq!(admin.readiness(), Ok(()));
         let table = loader.table().load_full();
         // A 0% deployment without healthy instances does not make the proxy unready.
@@ -476,5 +509,73 @@ mod readiness_tests {
             admin.config_json()["deployments"]["blue"]["instances"][1]["healthy"],
             false
         );
+    }
+    #[tokio::test]
+    async fn failures_lists_what_the_request_path_recorded_oldest_first() {
+        use http_body_util::BodyExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.yaml");
+        std::fs::write(
+            &path,
+            "traffic: {blue: 100}\ndeployments:\n  blue: {instances: [127.0.0.1:9001]}\n",
+        )
+        .unwrap();
+        let loaded = config::load_file(&path).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let loader = Arc::new(Loader::new(&path, &loaded, metrics.clone()));
+        let failures = Arc::new(FailedRequests::default());
+        let admin = Admin::new(loader, metrics, Arc::default(), failures.clone());
+        let body = async |admin: &Admin| {
+            let r = admin.handle(&Method::GET, "/failures");
+            assert_eq!(r.status(), StatusCode::OK);
+            let bytes = r.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        };
+        assert_eq!(body(&admin).await, json!({"failures": []}));
+        failures.record(FailedRequest {
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            request_id: "3f2a0000-0000-4000-8000-000000000001".into(),
+            deployment: Some("blue".into()),
+            status: 503,
+            grpc_status: None,
+            error: Some("timeout"),
+            instance: Some("127.0.0.1:9001".into()),
+        });
+        failures.record(FailedRequest {
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_001_000),
+            request_id: "3f2a0000-0000-4000-8000-000000000002".into(),
+            deployment: None,
+            status: 200,
+            grpc_status: Some(14),
+            error: None,
+            instance: None,
+        });
+        let want = json!({"failures": [
+            {
+                "time": "2023-11-14T22:13:20.123Z",
+                "request_id": "3f2a0000-0000-4000-8000-000000000001",
+                "deployment": "blue",
+                "instance": "127.0.0.1:9001",
+                "status": 503,
+                "grpc_status": null,
+                "error": "timeout",
+            },
+            {
+                "time": "2023-11-14T22:13:21.000Z",
+                "request_id": "3f2a0000-0000-4000-8000-000000000002",
+                "deployment": null,
+                "instance": null,
+                "status": 200,
+                "grpc_status": 14,
+                "error": null,
+            },
+        ]});
+        assert_eq!(body(&admin).await, want);
+        // Reading does not take them away.
+        assert_eq!(body(&admin).await, want);
+        let nope = admin.handle(&Method::GET, "/nope");
+        assert_eq!(nope.status(), StatusCode::NOT_FOUND);
+        let post = admin.handle(&Method::POST, "/failures");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 }

@@ -336,7 +336,12 @@ pub(crate) async fn start(path: &Path, drain: Duration) -> Result<Running, AppEr
     let evidence = Arc::new(Evidence::default());
     tokio::spawn(admin::serve(
         admin,
-        Arc::new(Admin::new(loader.clone(), metrics, evidence.clone())),
+        Arc::new(Admin::new(
+            loader.clone(),
+            metrics,
+            evidence.clone(),
+            Arc::default(),
+        )),
         cfg.admin_tls.is_some(),
     ));
     tracing::info!(addr = %admin_listen, "admin listening");

@@ -78,7 +78,8 @@ enum Command {
         #[command(flatten)]
         opts: crate::rollout::Options,
     },
-    /// Send sustained load to a URL and report throughput, latency and the split.
+    /// Send sustained load to a URL and report throughput, latency, the split and the request
+    /// ids of the first failed requests (each request carries its own x-request-id).
     Load {
         /// The endpoint, like http://127.0.0.1:8080/score; with --grpc the server, like
         /// http://127.0.0.1:8080.

@@ -4,12 +4,13 @@
 //! deployment's error ratio (HTTP 5xx, and gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
 //! INTERNAL, UNAVAILABLE, DATA_LOSS) and p99 latency from counter and histogram deltas. A breach, a window
 //! with too little traffic, a "no" at `--confirm` or Ctrl-C restores the weights from before the
-//! rollout.
+//! rollout. A step (or the shadow step) that fails names the target's failed requests since it
+//! began by request id, from the admin `/failures`, so that they can be found in the access log.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -222,6 +223,51 @@ fn window(then: &Sample, now: &Sample) -> (u64, f64, Option<f64>) {
     (n, ratio, p99)
 }
 
+/// How many failed requests a failed step names.
+const FAILED_LISTED: usize = 20;
+
+/// The request ids of the failed requests on `deployment` at `since` or later in a `/failures`
+/// text, oldest first; `None` when the text is not such a list. The times are the proxy's
+/// clock and `since` this process's: a rollout run on another host trusts the two to agree.
+fn failed_since(text: &str, deployment: &str, since: SystemTime) -> Option<Vec<String>> {
+    // `/failures` writes whole milliseconds.
+    let since = since.duration_since(UNIX_EPOCH).map_or(UNIX_EPOCH, |d| {
+        UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64)
+    });
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let ids = v["failures"]
+        .as_array()?
+        .iter()
+        .filter(|f| f["deployment"].as_str() == Some(deployment))
+        .filter(|f| {
+            f["time"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .is_some_and(|t| t >= since)
+        })
+        .filter_map(|f| f["request_id"].as_str().map(str::to_string))
+        .collect();
+    Some(ids)
+}
+
+/// The line naming the failed requests on `deployment` `during` a step (the last
+/// [`FAILED_LISTED`] of `ids`), or nothing without any.
+fn failed_line(deployment: &str, during: &str, ids: &[String]) -> Option<String> {
+    if ids.is_empty() {
+        return None;
+    }
+    let shown = &ids[ids.len().saturating_sub(FAILED_LISTED)..];
+    let kept = if shown.len() < ids.len() {
+        format!("the last {} of {} the proxy kept; ", shown.len(), ids.len())
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "failed requests on {deployment} during {during} ({kept}find them in the access log by request_id): {}",
+        shown.join(", ")
+    ))
+}
+
 struct Admin {
     base: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
@@ -265,6 +311,26 @@ impl Admin {
                     }
                 }
             }
+        }
+    }
+
+    /// The line naming the failed requests on `deployment` since `since` by request id, from
+    /// `/failures`. Nothing when there are none, or when the proxy cannot say (an older proxy
+    /// without `/failures`, an admin listener that does not answer).
+    async fn failed_requests(
+        &self,
+        deployment: &str,
+        during: &str,
+        since: SystemTime,
+    ) -> Option<String> {
+        let text = self.get("/failures").await.ok()?;
+        failed_line(deployment, during, &failed_since(&text, deployment, since)?)
+    }
+
+    /// Prints [`Admin::failed_requests`], if any.
+    async fn print_failed(&self, deployment: &str, during: &str, since: SystemTime) {
+        if let Some(line) = self.failed_requests(deployment, during, since).await {
+            println!("{line}");
         }
     }
 
@@ -349,6 +415,7 @@ async fn shadow_step(
             return Ok(Some("interrupted".into()));
         }
     }
+    let began_at = SystemTime::now();
     let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup);
     let (start, start_cmp) = match start_text {
         Ok(t) => shadow_sample(&t, &opts.to),
@@ -423,7 +490,12 @@ async fn shadow_step(
         None
     };
     match &breach {
-        Some(reason) => println!("shadow FAILED: {reason}; mirror removed"),
+        Some(reason) => {
+            println!("shadow FAILED: {reason}; mirror removed");
+            admin
+                .print_failed(&opts.to, "the shadow step", began_at)
+                .await;
+        }
         None => println!(
             "shadow passed: {compared} answers compared, mismatch {:.2}%, errors {:.2}%, p99 {}; mirror removed",
             mismatch * 100.0,
@@ -544,6 +616,7 @@ pub(crate) async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutE
                 }
                 None => return abort("interrupted".into(), &written.borrow()),
             }
+            let began_at = SystemTime::now();
             let start_text = admin.get("/metrics").await.map_err(RolloutError::Setup)?;
             let start = sample(&start_text, &opts.to);
             let began = Instant::now();
@@ -620,6 +693,7 @@ pub(crate) async fn run(path: &Path, opts: &Options) -> Result<Outcome, RolloutE
             if let Some(reason) = breach {
                 restore(path, &original_text, &written.borrow(), &original)?;
                 println!("step {}/{total} FAILED: {reason}", i + 1);
+                admin.print_failed(&opts.to, "the step", began_at).await;
                 println!("rolled back: {}", show(&original));
                 return Ok(Outcome::RolledBack(format!("step {}: {reason}", i + 1)));
             }
@@ -679,5 +753,116 @@ scoregate_request_duration_seconds_bucket{deployment="green",le="+Inf"} 100
         // NOT_FOUND is the caller's.
         let g = sample(TEXT, "teal");
         assert_eq!((g.requests, g.errors), (50, 6));
+    }
+
+    #[test]
+    fn failed_requests_of_the_target_since_the_step_began() {
+        let text = r#"{"failures": [
+            {"time": "2026-01-01T10:00:00.500Z", "request_id": "before", "deployment": "green", "status": 503},
+            {"time": "2026-01-01T10:00:01.000Z", "request_id": "g1", "deployment": "green", "status": 503},
+            {"time": "2026-01-01T10:00:01.200Z", "request_id": "b1", "deployment": "blue", "status": 500},
+            {"time": "2026-01-01T10:00:01.300Z", "request_id": "none", "deployment": null, "status": 502},
+            {"time": "not a time", "request_id": "bad", "deployment": "green", "status": 503},
+            {"time": "2026-01-01T10:00:02.000Z", "request_id": "g2", "deployment": "green", "status": 200, "grpc_status": 14}
+        ]}"#;
+        let since = humantime::parse_rfc3339("2026-01-01T10:00:01Z").unwrap();
+        assert_eq!(
+            failed_since(text, "green", since),
+            Some(vec!["g1".to_string(), "g2".to_string()])
+        );
+        // A failure in the millisecond the step began in counts.
+        assert_eq!(
+            failed_since(text, "green", since + Duration::from_micros(400)),
+            Some(vec!["g1".to_string(), "g2".to_string()])
+        );
+        assert_eq!(failed_since(text, "teal", since), Some(vec![]));
+        // An older proxy's 404 body, or anything else: nothing to say.
+        assert_eq!(
+            failed_since(r#"{"error":"not found"}"#, "green", since),
+            None
+        );
+        assert_eq!(failed_since("<html>", "green", since), None);
+    }
+
+    /// An admin listener on 127.0.0.1 whose `/failures` answers `status` with `body`.
+    async fn admin_answering(status: u16, body: &'static str) -> Admin {
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(
+                        if req.uri().path() == "/failures" {
+                            body
+                        } else {
+                            ""
+                        },
+                    )));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        Admin {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_failed_requests_come_from_the_admin_failures_or_not_at_all() {
+        let since = humantime::parse_rfc3339("2026-01-01T10:00:00Z").unwrap();
+        let admin = admin_answering(
+            200,
+            r#"{"failures":[{"time":"2026-01-01T10:00:01.000Z","request_id":"3f2a","deployment":"green","instance":"127.0.0.1:9101","status":503,"grpc_status":null,"error":null}]}"#,
+        )
+        .await;
+        assert_eq!(
+            admin
+                .failed_requests("green", "the step", since)
+                .await
+                .as_deref(),
+            Some(
+                "failed requests on green during the step (find them in the access log by request_id): 3f2a"
+            )
+        );
+        assert_eq!(admin.failed_requests("blue", "the step", since).await, None);
+        // An older proxy: 404.
+        let old = admin_answering(404, r#"{"error":"not found"}"#).await;
+        assert_eq!(old.failed_requests("green", "the step", since).await, None);
+        // Nobody listening.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let gone = Admin {
+            base: format!("http://{dead_addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        assert_eq!(gone.failed_requests("green", "the step", since).await, None);
+    }
+
+    #[test]
+    fn the_failed_line_names_at_most_the_last_20() {
+        assert_eq!(failed_line("green", "the step", &[]), None);
+        let two = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            failed_line("green", "the step", &two).as_deref(),
+            Some(
+                "failed requests on green during the step (find them in the access log by request_id): a, b"
+            )
+        );
+        let many: Vec<String> = (0..25).map(|i| format!("id{i}")).collect();
+        let line = failed_line("green", "the shadow step", &many).unwrap();
+        assert!(
+            line.starts_with(
+                "failed requests on green during the shadow step (the last 20 of 25 the proxy kept; find them in the access log by request_id): id5, id6, "
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(", id24"), "{line}");
     }
 }

@@ -303,6 +303,10 @@ async fn admin_endpoints_answer_as_the_contract_says() {
     let page = admin_get(&proxy, "/").await;
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
     assert!(String::from_utf8_lossy(&page.body).contains("status.json"));
+    // No request has failed: the list of the last failed requests is empty.
+    let failures = admin_get(&proxy, "/failures").await;
+    assert_eq!(failures.headers["content-type"], "application/json");
+    assert_eq!(failures.json(), serde_json::json!({"failures": []}));
     assert_eq!(
         admin_get(&proxy, "/nope").await.status,
         StatusCode::NOT_FOUND

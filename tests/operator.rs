@@ -240,6 +240,20 @@ async fn a_rollout_to_a_failing_green_is_rolled_back_with_exit_2() {
     assert!(out.contains("step 1/3 FAILED: 5xx ratio"), "{out}");
     assert!(out.contains("is above the limit of 1%"), "{out}");
     assert!(err.contains("rollout rolled back"), "{err}");
+    // The step's failed requests on green are named by request id (from the proxy's
+    // /failures), right after the verdict.
+    let named = out
+        .lines()
+        .skip_while(|l| !l.starts_with("step 1/3 FAILED"))
+        .nth(1)
+        .and_then(|l| {
+            l.strip_prefix("failed requests on green during the step (")
+                .and_then(|l| l.split_once("find them in the access log by request_id): "))
+        })
+        .map(|(_, ids)| ids.split(", ").map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no failed request ids after the verdict:\n{out}"));
+    assert!((1..=20).contains(&named.len()), "{out}");
+    assert!(named.iter().all(|id| is_uuid_v4(id)), "{out}");
     assert_eq!(
         std::fs::read_to_string(c.path()).unwrap(),
         original,
@@ -308,6 +322,7 @@ async fn load_reports_throughput_latency_and_the_split() {
     .unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("req/s, 0 failed"), "{out}");
+    assert!(!out.contains("failed requests"), "{out}");
     assert!(out.contains("latency ms: p50"), "{out}");
     let green_line = out
         .lines()
@@ -315,6 +330,40 @@ async fn load_reports_throughput_latency_and_the_split() {
         .expect("a green line");
     assert!(green_line.ends_with("100.0%"), "{out}");
     assert!(err.contains("requests"), "progress lines: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_names_its_failed_requests_by_request_id() {
+    let blue = Proc::score_server("blue", &[]);
+    let green = Proc::score_server("green", &["--error-rate", "0.5"]);
+    let proxy = Proc::proxy(&canary_file(blue.addr, green.addr, 100, 0));
+    let url = proxy.url("/score");
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(&[
+            "load",
+            &url,
+            "--duration",
+            "1s",
+            "--concurrency",
+            "2",
+            "--pin",
+            "green",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}\n{err}");
+    let (failed, listed) = load_failures(&out);
+    assert!(failed > 0, "{out}");
+    for (id, rest) in &listed {
+        assert!(is_uuid_v4(id), "{id}: {out}");
+        // The status, then the deployment that answered.
+        let (status, deployment) = rest.split_once("  ").unwrap_or((rest, ""));
+        assert!(status.starts_with('5') && status.len() == 3, "{out}");
+        assert_eq!(deployment, "green", "{out}");
+    }
+    let ids: std::collections::HashSet<_> = listed.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), listed.len(), "an id twice: {out}");
 }
 
 /// Seed 000/001, steps 1–6, with scoregate's tools, under load, without one failed request.

@@ -475,6 +475,16 @@ fn load_grpc_counts_failed_rpcs_by_code_and_exits_1() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(count_of(&out, "INTERNAL").is_some_and(|n| n > 0), "{out}");
     assert_eq!(count_of(&out, "OK"), None, "{out}");
+    // The first failed RPCs are named by the request id each one carried.
+    let (failed, listed) = load_failures(&out);
+    assert_eq!(Some(failed), count_of(&out, "INTERNAL"), "{out}");
+    assert!(!listed.is_empty(), "{out}");
+    for (id, why) in &listed {
+        assert!(is_uuid_v4(id), "{id}: {out}");
+        assert_eq!(why, "INTERNAL", "{out}");
+    }
+    let ids: std::collections::HashSet<_> = listed.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), listed.len(), "an id twice: {out}");
     // Nothing listens: every RPC is UNAVAILABLE.
     let dead = dead_addr();
     let (code, out, _) = run_cli(&[
@@ -489,6 +499,13 @@ fn load_grpc_counts_failed_rpcs_by_code_and_exits_1() {
     assert_eq!(code, 1, "{out}");
     assert!(
         count_of(&out, "UNAVAILABLE").is_some_and(|n| n > 0),
+        "{out}"
+    );
+    let (_, listed) = load_failures(&out);
+    assert!(
+        listed
+            .iter()
+            .all(|(id, why)| is_uuid_v4(id) && why == "UNAVAILABLE"),
         "{out}"
     );
 }

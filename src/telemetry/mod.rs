@@ -3,10 +3,12 @@
 //! exporter that sends it as an OTLP span (`otlp`). Both sinks take records off the request
 //! path through bounded queues: a slow disk or a down collector drops records and counts them.
 
+mod failures;
 mod ids;
 mod otlp;
 mod record;
 
+pub(crate) use failures::{FailedRequest, FailedRequests};
 pub(crate) use ids::{TraceContext, hex, new_request_id};
 // Not used by the request path yet.
 #[allow(unused_imports)]

@@ -1028,3 +1028,51 @@ pub fn run_grpcio_with(
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// Whether `s` is a UUID of version 4 as request ids are written: lowercase, hyphenated.
+pub fn is_uuid_v4(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            14 => c == '4',
+            19 => matches!(c, '8' | '9' | 'a' | 'b'),
+            _ => c.is_ascii_digit() || matches!(c, 'a'..='f'),
+        })
+}
+
+/// The failed requests `scoregate load` lists in its report `out`: the failed count of its
+/// first line, and each listed request as (request id, the rest of its line), checking that
+/// the list's header says how many it shows of how many.
+pub fn load_failures(out: &str) -> (u64, Vec<(String, String)>) {
+    let failed: u64 = out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_suffix(" failed"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `N failed` on the first line:\n{out}"));
+    let mut lines = out
+        .lines()
+        .skip_while(|l| !l.starts_with("failed requests ("));
+    let Some(header) = lines.next() else {
+        assert_eq!(failed, 0, "no list of failed requests:\n{out}");
+        return (0, Vec::new());
+    };
+    let listed: Vec<(String, String)> = lines
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let (id, rest) = l.trim_start().split_once("  ").unwrap_or((l.trim(), ""));
+            (id.to_string(), rest.to_string())
+        })
+        .collect();
+    assert_eq!(
+        header,
+        format!(
+            "failed requests (first {} of {failed}; find them in the access log by request_id):",
+            listed.len()
+        ),
+        "{out}"
+    );
+    assert_eq!(listed.len() as u64, failed.min(20), "{out}");
+    (failed, listed)
+}
