@@ -237,6 +237,25 @@ pub(crate) fn check(path: &Path) -> Result<(String, String), ConfigError> {
             cmp.max_body_bytes
         ));
     }
+    if let Some(a) = &c.access_log {
+        report.push_str(&format!(
+            "access log: {} ({}, {}% of requests and every error{})\n",
+            if a.path.as_os_str() == "-" {
+                "standard output".to_string()
+            } else {
+                a.path.display().to_string()
+            },
+            match a.format {
+                config::LogFormat::Json => "json",
+                config::LogFormat::Text => "text",
+            },
+            a.sample * 100.0,
+            if a.log_query { ", with query strings" } else { "" }
+        ));
+    }
+    if let Some(e) = &c.otlp_endpoint {
+        report.push_str(&format!("spans exported over OTLP/gRPC to {e}\n"));
+    }
     if let config::Auth::Key(k) = &c.auth {
         report.push_str(&format!(
             "auth: key ({} keys from {})\n",
@@ -334,18 +353,19 @@ pub(crate) async fn start(path: &Path, drain: Duration) -> Result<Running, AppEr
         "endpoint file loaded"
     );
     let evidence = Arc::new(Evidence::default());
+    let failures = Arc::new(crate::telemetry::FailedRequests::default());
     tokio::spawn(admin::serve(
         admin,
         Arc::new(Admin::new(
             loader.clone(),
             metrics,
             evidence.clone(),
-            Arc::default(),
+            failures.clone(),
         )),
         cfg.admin_tls.is_some(),
     ));
     tracing::info!(addr = %admin_listen, "admin listening");
-    let proxy = Arc::new(Proxy::new(loader.table(), evidence));
+    let proxy = Arc::new(Proxy::new(loader.table(), evidence, failures));
     let limits = ClientLimits {
         header_timeout: cfg.client_header_timeout,
         tls: cfg.tls.is_some(),

@@ -187,7 +187,15 @@ pub(crate) struct RequestBody {
     /// Boxed: only mirrored requests have one, and the body moves with every request.
     tee: Option<Box<Tee>>,
     /// Set once the whole body has been sent (only for requests with a body).
-    sent: Option<Arc<AtomicBool>>,
+    sent: Option<Arc<Progress>>,
+}
+
+/// How far a request's body got, shared with the request's own task: whether it was sent
+/// whole, and how many bytes were read from the client (set when it ends, not per frame).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) sent: AtomicBool,
+    pub(crate) bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -230,14 +238,15 @@ impl RequestBody {
     }
 
     /// Reports through `flag` when the whole body has been sent.
-    pub(crate) fn with_sent_flag(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
-        self.sent = flag;
+    pub(crate) fn with_progress(mut self, progress: Option<Arc<Progress>>) -> Self {
+        self.sent = progress;
         self
     }
 
     fn mark_sent(&mut self) {
-        if let Some(f) = self.sent.take() {
-            f.store(true, Ordering::Relaxed);
+        if let Some(p) = self.sent.take() {
+            p.bytes.store(self.limit.saturating_sub(self.remaining), Ordering::Relaxed);
+            p.sent.store(true, Ordering::Relaxed);
         }
     }
 
@@ -263,6 +272,10 @@ impl Drop for RequestBody {
             && let Some(tee) = &mut self.tee
         {
             tee.end();
+        }
+        // A body that did not end: what was read of it.
+        if let Some(p) = &self.sent {
+            p.bytes.store(self.limit.saturating_sub(self.remaining), Ordering::Relaxed);
         }
     }
 }

@@ -94,6 +94,29 @@ impl ProxyError {
         }
     }
 
+    /// A short name of the error, as the access log and spans give it: `unknown_pin`,
+    /// `unauthorized`, `no_traffic`, `body_too_large`, `overloaded`, `connect`,
+    /// `no_healthy_instance`, `no_instances`, `client_body`, `protocol`, `tls`, `timeout`,
+    /// `not_served`, `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownPin { .. } => "unknown_pin",
+            ProxyError::Unauthorized => "unauthorized",
+            ProxyError::NoTraffic { .. } => "no_traffic",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::Connect => "connect",
+            ProxyError::NoHealthyInstance => "no_healthy_instance",
+            ProxyError::NoInstances => "no_instances",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::Protocol => "protocol",
+            ProxyError::Tls(_) => "tls",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::NotServed { .. } => "not_served",
+            ProxyError::Internal(_) => "internal",
+        }
+    }
+
     /// The `kind` of `scoregate_upstream_errors_total`, for errors involving an instance.
     pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {

@@ -63,6 +63,9 @@ pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Fi
     let (order, warning) = f.take(check_traffic(raw, &mut deployments));
     f.warnings.extend(warning);
     let mirrors = f.take(check_mirror(raw, &deployments));
+    let (access_log, warning) = f.take(check_access_log(raw, file));
+    f.warnings.extend(warning);
+    let otlp_endpoint = f.take(check_otlp(raw));
     let (mirror_compare, mirror_max_body_bytes) = f.take(check_compare(raw));
     if mirror_compare.is_some() && mirrors.is_empty() {
         let pos = key_or_start(raw.mirror_compare.as_ref());
@@ -104,6 +107,8 @@ pub(crate) fn compile(raw: &RawFile, file: &Path) -> (Option<EndpointConfig>, Fi
         dns_refresh: limits.dns_refresh,
         tls,
         admin_tls,
+        access_log,
+        otlp_endpoint,
     };
     (Some(config), f)
 }
@@ -945,4 +950,119 @@ fn check_compare(raw: &RawFile) -> Checked<(Option<CompareSettings>, u64)> {
         }
     }
     ((Some(out), copy_bound), errors)
+}
+
+/// `access_log`: a path (`-`: standard output), `json` or `text`, a share from 0 to 1. A
+/// directory that does not exist is a warning: the proxy serves anyway and counts the lines
+/// it cannot write.
+fn check_access_log(
+    raw: &RawFile,
+    file: &Path,
+) -> Checked<(Option<AccessLogConfig>, Option<Diagnostic>)> {
+    let mut errors = Vec::new();
+    let Some(Setting {
+        key,
+        value: Some(a),
+    }) = &raw.access_log
+    else {
+        return ((None, None), errors);
+    };
+    let mut warning = None;
+    let path = match &a.path {
+        None => {
+            errors.push(at(
+                *key,
+                "access_log needs `path:` (a file, or - for standard output)",
+            ));
+            None
+        }
+        Some(Setting { value: None, .. }) => None,
+        Some(Setting {
+            key,
+            value: Some(p),
+        }) => {
+            let p = p.trim();
+            if p.is_empty() {
+                errors.push(at(*key, "access_log.path is empty"));
+                None
+            } else if p == "-" {
+                Some(PathBuf::from("-"))
+            } else {
+                let resolved = beside(file, p);
+                if let Some(dir) = resolved.parent()
+                    && !dir.as_os_str().is_empty()
+                    && !dir.is_dir()
+                {
+                    warning = Some(at(
+                        *key,
+                        format!(
+                            "access_log.path: directory {} does not exist; lines are dropped (and counted) until it does",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Some(resolved)
+            }
+        }
+    };
+    let format = match a.format.as_ref().map(|s| (s.key, s.value.as_deref())) {
+        None | Some((_, None)) => LogFormat::Json,
+        Some((_, Some("json"))) => LogFormat::Json,
+        Some((_, Some("text"))) => LogFormat::Text,
+        Some((pos, Some(other))) => {
+            errors.push(at(
+                pos,
+                format!("access_log.format: `{other}` is not a format; use json or text"),
+            ));
+            LogFormat::Json
+        }
+    };
+    let sample = match &a.sample {
+        Some(Setting {
+            key,
+            value: Some(v),
+        }) => {
+            if *v > 1.0 {
+                errors.push(at(
+                    *key,
+                    format!(
+                        "access_log.sample: {v} is not a share; use 0 to 1 (1 logs every request)"
+                    ),
+                ));
+            }
+            *v
+        }
+        _ => 1.0,
+    };
+    let log_query = a.log_query.as_ref().and_then(|s| s.value).unwrap_or(false);
+    let config = path.map(|path| AccessLogConfig {
+        path,
+        format,
+        sample,
+        log_query,
+    });
+    ((config, warning), errors)
+}
+
+/// `otlp_endpoint`: an `http://host:port` address of an OTLP/gRPC receiver.
+fn check_otlp(raw: &RawFile) -> Checked<Option<String>> {
+    let mut errors = Vec::new();
+    let Some(Setting {
+        key,
+        value: Some(v),
+    }) = &raw.otlp_endpoint
+    else {
+        return (None, errors);
+    };
+    let v = v.trim();
+    match v.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+            return (Some(v.trim_end_matches('/').to_string()), errors);
+        }
+        _ => errors.push(at(
+            *key,
+            format!("otlp_endpoint: `{v}` is not an OTLP/gRPC address like http://127.0.0.1:4317"),
+        )),
+    }
+    (None, errors)
 }

@@ -297,6 +297,34 @@ pub struct EndpointConfig {
     pub tls: Option<ListenerTls>,
     /// The admin listener's TLS. Default none.
     pub admin_tls: Option<ListenerTls>,
+    /// The access log (`access_log:`). Default none: no log.
+    pub access_log: Option<AccessLogConfig>,
+    /// Where spans are exported, OTLP over gRPC, like `http://127.0.0.1:4317`
+    /// (`otlp_endpoint:`). Default none: trace context is still propagated, nothing exported.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line (default).
+    #[default]
+    Json,
+    /// One line of space-separated fields, `-` for absent ones.
+    Text,
+}
+
+/// `access_log:`: one line per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// The file (relative paths are relative to the endpoint file), or `-` for standard output.
+    pub path: PathBuf,
+    /// Default JSON.
+    pub format: LogFormat,
+    /// Share of requests logged, 0 to 1. Default 1. Errors are always logged.
+    pub sample: f64,
+    /// Whether the query string is logged with the path. Default false.
+    pub log_query: bool,
 }
 
 impl EndpointConfig {

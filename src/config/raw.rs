@@ -25,6 +25,8 @@ const TOP_KEYS: &[&str] = &[
     "dns_refresh_ms",
     "tls",
     "admin_tls",
+    "access_log",
+    "otlp_endpoint",
     "deployments",
 ];
 const DEPLOYMENT_KEYS: &[&str] = &[
@@ -36,6 +38,7 @@ const DEPLOYMENT_KEYS: &[&str] = &[
     "headers",
     "bearer_key_file",
 ];
+const ACCESS_LOG_KEYS: &[&str] = &["path", "format", "sample", "log_query"];
 const COMPARE_KEYS: &[&str] = &["abs_tolerance", "rel_tolerance", "ignore", "max_body_bytes"];
 const LISTENER_TLS_KEYS: &[&str] = &["cert_file", "key_file", "client_ca_file"];
 const UPSTREAM_TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file"];
@@ -73,6 +76,10 @@ pub(crate) struct RawFile {
     pub tls: Option<Setting<RawTls>>,
     /// The admin listener's TLS.
     pub admin_tls: Option<Setting<RawTls>>,
+    /// The access log.
+    pub access_log: Option<Setting<RawAccessLog>>,
+    /// Where spans are exported (OTLP over gRPC).
+    pub otlp_endpoint: Option<Setting<String>>,
     pub deployments: Option<Setting<Vec<RawDeployment>>>,
     /// Azure ML keys met anywhere (top level and deployments), with their positions.
     pub ignored: Vec<(&'static str, Pos)>,
@@ -123,6 +130,15 @@ pub(crate) struct RawCompare {
     /// JSON pointers, each with its position.
     pub ignore: Option<Setting<Vec<Item>>>,
     pub max_body_bytes: Option<Setting<u64>>,
+}
+
+/// `access_log:` as written.
+#[derive(Debug, Default)]
+pub(crate) struct RawAccessLog {
+    pub path: Option<Setting<String>>,
+    pub format: Option<Setting<String>>,
+    pub sample: Option<Setting<f64>>,
+    pub log_query: Option<Setting<bool>>,
 }
 
 /// One header of `headers:`: its name, the name's position, its value.
@@ -186,6 +202,11 @@ const COMPARE: MapSpec = MapSpec {
     known: COMPARE_KEYS,
     azure: false,
     what: "mirror_compare",
+};
+const ACCESS_LOG: MapSpec = MapSpec {
+    known: ACCESS_LOG_KEYS,
+    azure: false,
+    what: "access_log",
 };
 const LISTENER_TLS: MapSpec = MapSpec {
     known: LISTENER_TLS_KEYS,
@@ -474,6 +495,8 @@ impl Reader {
                 }
                 "tls" => raw.tls = Some(setting(k, self.tls(v, key, &LISTENER_TLS))),
                 "admin_tls" => raw.admin_tls = Some(setting(k, self.tls(v, key, &LISTENER_TLS))),
+                "access_log" => raw.access_log = Some(setting(k, self.access_log(v, key))),
+                "otlp_endpoint" => raw.otlp_endpoint = Some(setting(k, self.plain_text(v, key))),
                 _ => raw.deployments = Some(setting(k, self.deployments(v))),
             }
         }
@@ -649,6 +672,34 @@ impl Reader {
             }
         }
         Some(c)
+    }
+
+    /// `access_log:`.
+    fn access_log(&mut self, node: &Node, path: &str) -> Option<RawAccessLog> {
+        let entries = self.map(node, path, "access log settings: a mapping with `path:`")?;
+        let known = self.known(entries, path, &ACCESS_LOG);
+        let mut a = RawAccessLog::default();
+        for (key, k, v) in known.found {
+            let path = child(path, key);
+            match key {
+                "path" => a.path = Some(setting(k, self.plain_text(v, &path))),
+                "format" => a.format = Some(setting(k, self.string(v, &path))),
+                "sample" => a.sample = Some(setting(k, self.number(v, &path))),
+                _ => a.log_query = Some(setting(k, self.boolean(v, &path))),
+            }
+        }
+        Some(a)
+    }
+
+    /// `true` or `false`.
+    fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node.scalar() {
+            Some(Scalar::Bool(b)) => Some(b),
+            _ => {
+                self.invalid_type(node, path, "a boolean (true or false)");
+                None
+            }
+        }
     }
 
     /// A `tls:` map; which keys it may hold is `spec`'s.

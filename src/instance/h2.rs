@@ -37,6 +37,10 @@ struct Shared {
 /// A stream on a connection, given back when dropped (the answer has streamed, or failed).
 pub(crate) struct Lease {
     conn: Arc<Shared>,
+    /// Microseconds it took to open the connection, when it was opened for this stream; else 0.
+    pub(crate) connect_us: u32,
+    /// The call was sent again after a connection refused it.
+    pub(crate) resent: bool,
 }
 
 impl Lease {
@@ -118,7 +122,11 @@ impl H2Pool {
                 })
                 .is_ok();
             if taken {
-                return Some(Lease { conn: conn.clone() });
+                return Some(Lease {
+                    conn: conn.clone(),
+                    connect_us: 0,
+                    resent: false,
+                });
             }
         }
         None
@@ -130,10 +138,12 @@ impl H2Pool {
         if let Some(lease) = self.try_lease() {
             return Ok(lease);
         }
+        let began = std::time::Instant::now();
         let conn = Arc::new(Shared {
             sender: connect(addr, tls).await?,
             streams: AtomicU32::new(1),
         });
+        let connect_us = super::pool::micros(began.elapsed());
         // Into a free slot, or over a closed connection; when all hold live full connections
         // the new one serves this stream only and closes after it.
         for slot in &self.slots {
@@ -148,7 +158,11 @@ impl H2Pool {
                 }
             }
         }
-        Ok(Lease { conn })
+        Ok(Lease {
+            conn,
+            connect_us,
+            resent: false,
+        })
     }
 
     /// Forgets the connection of `lease` (it refused a stream: closed or going away).

@@ -28,6 +28,8 @@ pub(crate) use tls::Tls;
 pub struct Instance {
     /// The address connected to: as written in the file, or what its name resolved to.
     addr: InstanceAddr,
+    /// The address as text, shared with the requests' records.
+    label: Arc<str>,
     /// The host-name instance (as written) this address was discovered from.
     discovered_from: Option<InstanceAddr>,
     in_flight: AtomicU32,
@@ -57,6 +59,7 @@ impl Instance {
     ) -> Instance {
         healthy_gauge.set(1);
         Instance {
+            label: Arc::from(addr.as_str()),
             addr,
             discovered_from,
             in_flight: AtomicU32::new(0),
@@ -75,6 +78,11 @@ impl Instance {
     /// The address connected to.
     pub fn addr(&self) -> &InstanceAddr {
         &self.addr
+    }
+
+    /// The address as text, shared (for the access log and spans).
+    pub(crate) fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     /// The host-name instance this address was discovered from (`None`: written as is).

@@ -55,6 +55,11 @@ pub(crate) struct Conn {
     pub(crate) sender: SendRequest<RequestBody>,
     /// How long it sat idle in the pool (None: new).
     pub(crate) idle_for: Option<Duration>,
+    /// Microseconds it took to open (TCP and TLS), for a connection opened for this request;
+    /// 0 for a pooled one.
+    pub(crate) connect_us: u32,
+    /// The request was sent again on this connection after another one closed under it.
+    pub(crate) resent: bool,
 }
 
 impl Pool {
@@ -66,6 +71,8 @@ impl Pool {
                 return Some(Conn {
                     sender: idle.sender,
                     idle_for: Some(idle_for),
+                    connect_us: 0,
+                    resent: false,
                 });
             }
         }
@@ -154,12 +161,20 @@ pub(crate) async fn connect(
     addr: &InstanceAddr,
     tls: Option<&Tls>,
 ) -> std::io::Result<(Conn, Ended)> {
+    let began = Instant::now();
     let (sender, ended) = handshake(open(addr, tls).await?).await?;
     let conn = Conn {
         sender,
         idle_for: None,
+        connect_us: micros(began.elapsed()),
+        resent: false,
     };
     Ok((conn, ended))
+}
+
+/// Microseconds, at least 1 (0 means "not opened now"), at most `u32::MAX`.
+pub(super) fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
 }
 
 async fn handshake(io: Stream) -> std::io::Result<(SendRequest<RequestBody>, Ended)> {

@@ -4,7 +4,7 @@
 //! and counts it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use subtle::ConstantTimeEq;
 
-use crate::body::RequestBody;
+use crate::body::{Progress, RequestBody};
 use crate::config;
 use crate::error::ProxyError;
 use crate::instance::{Instance, Slot};
@@ -27,7 +27,10 @@ use super::grpc;
 use super::mirror::Mirroring;
 use super::respond;
 use super::server::Peer;
+use super::trip::{Completion, Trip, X_REQUEST_ID};
+use crate::metrics::GRPC_SERVER_FAILURES;
 use crate::shadow::{Evidence, LiveTap};
+use crate::telemetry::{FailedRequest, FailedRequests};
 
 static X_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deployment");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -37,6 +40,8 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) struct Proxy {
     table: Arc<ArcSwap<Table>>,
     mirroring: Mirroring,
+    /// The last failed requests, for the admin listener.
+    failures: Arc<FailedRequests>,
 }
 
 // === impl Proxy ===
@@ -48,11 +53,17 @@ impl Proxy {
         self.table.load().tls.clone()
     }
 
-    /// The data plane over the live `table`; shadow comparisons are recorded in `evidence`.
-    pub(crate) fn new(table: Arc<ArcSwap<Table>>, evidence: Arc<Evidence>) -> Self {
+    /// The data plane over the live `table`; shadow comparisons are recorded in `evidence`,
+    /// failed requests in `failures`.
+    pub(crate) fn new(
+        table: Arc<ArcSwap<Table>>,
+        evidence: Arc<Evidence>,
+        failures: Arc<FailedRequests>,
+    ) -> Self {
         Proxy {
             table,
             mirroring: Mirroring::new(evidence),
+            failures,
         }
     }
 
@@ -65,12 +76,12 @@ impl Proxy {
     /// future is about a third of the size, which matters because it is allocated per request.
     pub(crate) fn handle<T, F>(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Peer,
         finish: F,
     ) -> impl Future<Output = T> + Send + use<T, F>
     where
-        F: FnOnce(Response<ResponseBody>) -> T + Send + 'static,
+        F: FnOnce(Response<ResponseBody>, Option<Completion>) -> T + Send + 'static,
     {
         let start = Instant::now();
         let proxy = self.clone();
@@ -78,20 +89,63 @@ impl Proxy {
         let table = self.table.load_full();
         let pinned = req.headers().contains_key(&table.pin_header);
         let grpc = grpc::is_grpc(req.headers());
-        let mut prepared = prepare(&table, req, peer, grpc);
+        let mut trip = Trip::begin(&table, &mut req, peer.addr, grpc, start);
+        let mut prepared = prepare(&table, req, peer, grpc, &mut trip);
         async move {
             let outcome = match prepared {
                 Err(e) => Err(e),
                 Ok(ref mut p) => proxy
-                    .forward(&table, p, grpc)
+                    .forward(&table, p, grpc, &mut trip)
                     .await
                     .map(|resp| (resp, p.choice.index)),
             };
-            finish(match outcome {
-                Ok((resp, index)) => respond::answered(&table, index, resp, pinned, start),
-                Err((err, dep)) => respond::refused(&table, &err, dep, pinned, grpc, start),
-            })
+            let mut resp = match outcome {
+                Ok((resp, index)) => {
+                    let status = resp.status().as_u16();
+                    let grpc_status = grpc.then(|| upstream::grpc_status(resp.headers())).flatten();
+                    trip.answered(status, grpc_status, None);
+                    if status >= 500 || grpc_status.is_some_and(|c| GRPC_SERVER_FAILURES.contains(&c)) {
+                        proxy.failed(&table, &trip, Some(index), status, grpc_status, None);
+                    }
+                    respond::answered(&table, index, resp, pinned, start)
+                }
+                Err((err, dep)) => {
+                    let (status, grpc_status) = (err.status().as_u16(), grpc.then(|| err.grpc_code()));
+                    trip.answered(status, grpc_status, Some(err.kind()));
+                    proxy.failed(&table, &trip, dep, status, grpc_status, Some(err.kind()));
+                    respond::refused(&table, &err, dep, pinned, grpc, start)
+                }
+            };
+            let id = std::mem::replace(&mut trip.request_id, HeaderValue::from_static(""));
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+            finish(resp, Completion::new(trip, table))
         }
+    }
+
+    /// Keeps a failed request's id for `GET /failures` (and `rollout`'s report).
+    #[cold]
+    fn failed(
+        &self,
+        table: &Table,
+        trip: &Trip,
+        index: Option<usize>,
+        status: u16,
+        grpc_status: Option<u32>,
+        error: Option<&'static str>,
+    ) {
+        self.failures.record(FailedRequest {
+            time: std::time::SystemTime::now(),
+            request_id: String::from_utf8_lossy(trip.request_id.as_bytes()).into_owned(),
+            deployment: index.map(|i| table.deployments[i].name.to_string()),
+            status,
+            grpc_status,
+            error,
+            instance: trip
+                .record
+                .as_ref()
+                .and_then(|r| r.instance.as_deref())
+                .map(str::to_string),
+        });
     }
 
     /// Waits for a slot on the chosen deployment's REST or gRPC instances, then exchanges the
@@ -102,6 +156,7 @@ impl Proxy {
         table: &Arc<Table>,
         prepared: &mut Prepared,
         grpc: bool,
+        trip: &mut Trip,
     ) -> Result<Response<ResponseBody>, (ProxyError, Option<usize>)> {
         let Prepared {
             choice,
@@ -116,7 +171,7 @@ impl Proxy {
         let group = dep.group(grpc);
         if !group.configured {
             return Err(at(ProxyError::NotServed {
-                deployment: dep.name.clone(),
+                deployment: dep.name.as_ref().into(),
                 grpc,
             }));
         }
@@ -133,7 +188,7 @@ impl Proxy {
                 req.headers_mut().insert(header::HOST, v);
             }
             if !choice.pinned && !table.mirrors.is_empty() {
-                prepared.tap = self.mirroring.start_into(table, req, grpc);
+                prepared.tap = self.mirroring.start_into(table, req, grpc, trip);
             }
             // After the copy's head was taken: the mirror deployment gets its own headers and
             // key, never this one's.
@@ -146,20 +201,28 @@ impl Proxy {
         };
         // The instance being tried, for charging a timeout to the right one.
         let mut current = slot.instance().clone();
-        let (resp, conn, slot) =
-            match tokio::time::timeout(timeout, exchange(dep, group, slot, pending, &mut current))
-                .await
-            {
-                Ok(Ok(done)) => done,
-                Ok(Err(e)) => return Err(at(e)),
-                Err(_) => {
-                    let failure = Failure::Timeout {
-                        timeout_ms: timeout.as_millis() as u64,
-                        body_sent: sent.as_ref().is_none_or(|s| s.load(Ordering::Relaxed)),
-                    };
-                    return Err(at(charge(dep, &current, &failure)));
-                }
-            };
+        let exchanged =
+            tokio::time::timeout(timeout, exchange(dep, group, slot, pending, &mut current)).await;
+        if let Some(r) = &mut trip.record {
+            r.instance = Some(current.label().clone());
+        }
+        let (resp, conn, slot) = match exchanged {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(at(e)),
+            Err(_) => {
+                let failure = Failure::Timeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                    body_sent: sent
+                        .as_ref()
+                        .is_none_or(|s| s.sent.load(Ordering::Relaxed)),
+                };
+                return Err(at(charge(dep, &current, &failure)));
+            }
+        };
+        if let Some(r) = &mut trip.record {
+            r.connect = conn.connect_time();
+            r.retried = conn.resent() || !Arc::ptr_eq(&current, slot.instance());
+        }
         slot.instance().record_success();
         let (mut parts, body) = resp.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
@@ -204,7 +267,7 @@ struct Prepared {
     choice: Choice,
     request: upstream::Pending,
     /// Set once the client's body has been sent whole (None: the request has no body).
-    sent: Option<Arc<AtomicBool>>,
+    sent: Option<Arc<Progress>>,
     /// A gRPC client's `grpc-timeout`.
     deadline: Option<std::time::Duration>,
     /// The live answer's tap, when mirrored copies compare with it.
@@ -219,6 +282,7 @@ fn prepare(
     req: Request<Incoming>,
     peer: &Peer,
     grpc: bool,
+    trip: &mut Trip,
 ) -> Result<Prepared, (ProxyError, Option<usize>)> {
     let limit = table.max_request_body_bytes;
     if let Some(keys) = &table.keys
@@ -235,6 +299,7 @@ fn prepare(
     let choice = table
         .choose_for(req.headers(), &mut rand::rng())
         .map_err(|e| (e, None))?;
+    trip.routed(table, choice);
     let (mut parts, body) = req.into_parts();
     // A request that came over HTTP/2 names its host in the target, not in `Host`.
     // (An HTTP/1.1 request's target is in origin form: no authority, no lookup.)
@@ -261,10 +326,13 @@ fn prepare(
         // The key is scoregate's: the instance never sees it.
         parts.headers.remove(header::AUTHORIZATION);
     }
-    let sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    let sent = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
+    if trip.record.is_some() {
+        trip.progress = sent.clone();
+    }
     let request = Request::from_parts(
         parts,
-        RequestBody::new(body, limit).with_sent_flag(sent.clone()),
+        RequestBody::new(body, limit).with_progress(sent.clone()),
     );
     Ok(Prepared {
         choice,
@@ -422,6 +490,7 @@ mod tests {
         let proxy = Arc::new(Proxy::new(
             Arc::new(ArcSwap::from_pointee(table)),
             Arc::default(),
+            Arc::default(),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -431,7 +500,7 @@ mod tests {
             let (stream, remote) = listener.accept().await.expect("accept");
             let peer = Peer::new(remote);
             let service = service_fn(move |req| {
-                let fut = proxy.handle(req, &peer, |r| r);
+                let fut = proxy.handle(req, &peer, |r, _| r);
                 if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
                     let _ = tx.send(std::mem::size_of_val(&fut));
                 }

@@ -27,6 +27,9 @@ use crate::body::{self, CopyBody, RequestBody, Tee};
 use crate::metrics::MirrorDrop;
 use crate::routing::{Mirror, Table};
 use crate::shadow::{self, Evidence, LiveTap, LiveWaiter, Verdict};
+use crate::telemetry::{Kind, Record};
+
+use super::trip::Trip;
 use crate::upstream::{self, Failure, Fault};
 
 /// Copies in flight at most; more are dropped.
@@ -56,8 +59,9 @@ impl Mirroring {
         table: &Arc<Table>,
         req: &mut Request<RequestBody>,
         grpc: bool,
+        trip: &mut Trip,
     ) -> Option<Box<LiveTap>> {
-        let (tee, tap) = self.start(table, req, grpc);
+        let (tee, tap) = self.start(table, req, grpc, trip.record.as_mut());
         req.body_mut().set_tee(tee);
         tap
     }
@@ -70,6 +74,7 @@ impl Mirroring {
         table: &Arc<Table>,
         req: &Request<RequestBody>,
         grpc: bool,
+        mut live_record: Option<&mut Record>,
     ) -> (Option<Tee>, Option<Box<LiveTap>>) {
         let size = req.body().size_hint();
         let empty = size.exact() == Some(0);
@@ -109,9 +114,21 @@ impl Mirroring {
                 }
             });
             let (head, ()) = upstream::copy_head(req, ()).into_parts();
+            // The copy's own record: the live request's ids, the mirror's deployment.
+            let record = live_record.as_deref_mut().map(|live| {
+                let name = table.deployments[mirror.index].name.clone();
+                live.mirrored.push(name.clone());
+                let mut r = live.clone();
+                r.kind = Kind::Mirror { result: None };
+                r.deployment = Some(name);
+                r.route = None;
+                r.mirrored = Vec::new();
+                Box::new(r)
+            });
             let job = Copy {
                 table: table.clone(),
                 index,
+                record,
                 grpc,
                 live,
                 evidence: self.evidence.clone(),
@@ -137,6 +154,38 @@ fn abandoned(f: &Failure) -> MirrorDrop {
     }
 }
 
+/// Completes a copy's record with its answer (and the comparison's result) and hands it to the
+/// access log and the span exporter.
+fn copy_record(
+    table: &Table,
+    record: Option<Box<Record>>,
+    answer: &Result<CopyAnswer, Option<Failure>>,
+    result: Option<&'static str>,
+) {
+    let Some(mut r) = record else {
+        return;
+    };
+    r.kind = Kind::Mirror { result };
+    r.duration = r.start.elapsed().unwrap_or_default();
+    r.completed = answer.is_ok();
+    match answer {
+        Ok(a) => {
+            r.status = a.http_status;
+            r.grpc_status = a.grpc_status;
+            r.bytes_out = a.bytes;
+            r.instance = Some(a.instance.clone());
+            r.connect = a.connect;
+        }
+        Err(None) => r.error = Some("mirror_dropped"),
+        Err(Some(f)) => {
+            let e = upstream::classify(f).error;
+            r.status = e.status().as_u16();
+            r.error = Some(e.kind());
+        }
+    }
+    super::trip::hand_on(table, *r);
+}
+
 fn dropped(mirror: &Mirror, reason: MirrorDrop) {
     mirror.dropped.inc();
     mirror.shadow.dropped(reason);
@@ -151,6 +200,8 @@ struct Copy {
     /// The live answer, when compared.
     live: Option<LiveWaiter>,
     evidence: Arc<Evidence>,
+    /// The copy's record, when the access log or span export is on.
+    record: Option<Box<Record>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -160,6 +211,13 @@ struct CopyAnswer {
     body: Vec<Bytes>,
     over: bool,
     ok: bool,
+    /// For the copy's record: HTTP status, gRPC status, body bytes, the instance and the time
+    /// it took to open a connection to it.
+    http_status: u16,
+    grpc_status: Option<u32>,
+    bytes: u64,
+    instance: Arc<str>,
+    connect: Option<Duration>,
 }
 
 impl Copy {
@@ -185,7 +243,9 @@ impl Copy {
                 mirror.error.inc()
             }
         }
+        let record = self.record;
         let (Some(mut live), Some(settings)) = (self.live, self.table.compare.as_ref()) else {
+            copy_record(&self.table, record, &answer, None);
             return;
         };
         let live = match tokio::time::timeout(LIVE_WAIT, live.wait_for(Option::is_some)).await {
@@ -228,6 +288,8 @@ impl Copy {
             Verdict::Incomparable(_) => 2,
         };
         mirror.shadow.compared(result, outcome.max_difference);
+        let label = crate::metrics::SHADOW_RESULTS[result];
+        copy_record(&self.table, record, &answer, Some(label));
         let seen = shadow::Seen {
             deployment: &dep.name,
             method: method.as_str(),
@@ -293,6 +355,11 @@ impl Copy {
                 body: Vec::new(),
                 over: false,
                 ok: !http_status.is_server_error(),
+                http_status: http_status.as_u16(),
+                grpc_status: None,
+                bytes: 0,
+                instance: instance.label().clone(),
+                connect: conn.connect_time(),
             };
             let (mut len, mut in_trailers) = (0usize, None);
             while let Some(frame) = body.frame().await {
@@ -310,10 +377,12 @@ impl Copy {
                     in_trailers = upstream::grpc_status(t);
                 }
             }
+            out.bytes = len as u64;
             if grpc {
                 let code = in_headers.or(in_trailers);
                 out.ok &= code == Some(0);
                 out.status = code.unwrap_or(2) as u16;
+                out.grpc_status = code;
             }
             conn.release(&slot);
             Ok::<_, Failure>(out)

@@ -7,6 +7,7 @@ mod handle;
 mod mirror;
 mod respond;
 mod server;
+mod trip;
 
 pub(crate) use handle::Proxy;
 pub(crate) use server::{ClientLimits, serve};

@@ -15,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::io::MaybeTls;
+
+use super::trip::Completion;
 use crate::limits::{
     H2_MAX_LOCAL_RESETS, H2_MAX_PENDING_RESETS, H2_MAX_STREAMS, MAX_BUF_BYTES, MAX_HEAD_BYTES,
 };
@@ -27,13 +29,15 @@ use super::Proxy;
 pub(crate) struct Peer {
     /// The client's IP as a header value, for `x-forwarded-for`.
     pub(super) ip: HeaderValue,
+    /// The client's address, for the access log.
+    pub(super) addr: SocketAddr,
 }
 
 impl Peer {
     pub(crate) fn new(addr: SocketAddr) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { ip }
+        Peer { ip, addr }
     }
 }
 
@@ -62,10 +66,22 @@ impl Drop for ActivityGuard {
     }
 }
 
-/// The response body, holding the connection busy until hyper has sent (or dropped) it.
+/// The response body, holding the connection busy until hyper has sent (or dropped) it, and
+/// completing the request's record (when logged or traced) at its last byte.
 struct Guarded {
     body: ResponseBody,
     _guard: ActivityGuard,
+    done: Option<Completion>,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away, or the answer broke off.
+        if let Some(done) = self.done.take() {
+            // An answer without a body is never polled: it ended whole.
+            done.end(hyper::body::Body::is_end_stream(&self.body));
+        }
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -76,7 +92,11 @@ impl hyper::body::Body for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if self.done.is_some() {
+            self.completing(&polled);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -85,6 +105,38 @@ impl hyper::body::Body for Guarded {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Guarded {
+    /// Counts what the answer sent into the request's record, and hands the record on at the
+    /// answer's end.
+    #[cold]
+    fn completing(
+        &mut self,
+        polled: &std::task::Poll<
+            Option<Result<hyper::body::Frame<bytes::Bytes>, <Self as hyper::body::Body>::Error>>,
+        >,
+    ) {
+        use std::task::Poll;
+        let ended = match polled {
+            Poll::Pending => return,
+            Poll::Ready(None) => Some(true),
+            Poll::Ready(Some(Err(_))) => Some(false),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(r) = self.done.as_mut().and_then(Completion::record) {
+                    if let Some(d) = frame.data_ref() {
+                        r.bytes_out += d.len() as u64;
+                    } else if let Some(t) = frame.trailers_ref() {
+                        r.grpc_status = crate::upstream::grpc_status(t).or(r.grpc_status);
+                    }
+                }
+                hyper::body::Body::is_end_stream(&self.body).then_some(true)
+            }
+        };
+        if let (Some(completed), Some(done)) = (ended, self.done.take()) {
+            done.end(completed);
+        }
     }
 }
 
@@ -187,10 +239,11 @@ pub(crate) async fn serve(
             let guard = Activity::begin(&seen);
             // Boxed: hyper keeps the service's future inline in every client connection,
             // idle or not, and moves it in per request.
-            Box::pin(proxy.handle(req, &peer, move |resp| {
+            Box::pin(proxy.handle(req, &peer, move |resp, done| {
                 Ok::<_, Infallible>(resp.map(|body| Guarded {
                     body,
                     _guard: guard,
+                    done,
                 }))
             }))
         });

@@ -11,13 +11,16 @@ use http::{HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 
 use crate::addr::InstanceAddr;
-use crate::config::{Auth, DeploymentConfig, EndpointConfig, RequestSettings, UpstreamTls};
+use crate::config::{
+    Auth, DeploymentConfig, EndpointConfig, LogFormat, RequestSettings, UpstreamTls,
+};
 use crate::discovery::Names;
 use crate::instance::{Instance, Tls};
 use crate::metrics::{DeploymentMetrics, Metrics};
+use crate::telemetry::{Exporter, Format, LineOptions, Writer};
 
 use super::sticky::sticky_bound;
-use super::{Deployment, Group, Mirror, Table};
+use super::{Deployment, Group, LogSink, Mirror, Table, Telemetry};
 
 /// A table compiled and not yet live: nothing registered anywhere.
 #[derive(Debug)]
@@ -41,6 +44,7 @@ pub struct Compiled {
     gone_instances: Vec<(String, String)>,
     /// Deployments that are gone, with their instances' addresses.
     gone_deployments: Vec<(Arc<DeploymentMetrics>, Vec<String>)>,
+    telemetry: PlannedTelemetry,
 }
 
 /// One deployment of a compiled table.
@@ -155,6 +159,62 @@ pub fn compile(cfg: &EndpointConfig, names: &Names, previous: Option<&Table>) ->
         unrouted: previous.map(|t| t.unrouted.clone()),
         gone_instances,
         gone_deployments,
+        telemetry: plan_telemetry(cfg, previous),
+    }
+}
+
+/// The access log and exporter a table will have: the live table's writer when the path is
+/// the same (its thread and file stay), its exporter when the endpoint is the same.
+fn plan_telemetry(cfg: &EndpointConfig, previous: Option<&Table>) -> PlannedTelemetry {
+    let old = previous.map(|t| &t.telemetry);
+    PlannedTelemetry {
+        writer: cfg.access_log.as_ref().and_then(|a| {
+            old.and_then(|t| t.log.as_ref())
+                .filter(|l| l.writer.path() == a.path)
+                .map(|l| l.writer.clone())
+        }),
+        access_log: cfg.access_log.clone(),
+        exporter: cfg.otlp_endpoint.as_deref().and_then(|e| {
+            old.and_then(|t| t.otlp.as_ref())
+                .filter(|x| x.endpoint() == e)
+                .cloned()
+        }),
+        otlp_endpoint: cfg.otlp_endpoint.clone(),
+    }
+}
+
+/// The access log and exporter of a compiled table, kept from the live one or to be started.
+#[derive(Debug)]
+struct PlannedTelemetry {
+    access_log: Option<crate::config::AccessLogConfig>,
+    writer: Option<Arc<Writer>>,
+    otlp_endpoint: Option<String>,
+    exporter: Option<Exporter>,
+}
+
+impl PlannedTelemetry {
+    /// Opens what is not kept: a new writer thread, a new exporter task (inside the runtime).
+    fn start(self, metrics: &Metrics) -> Telemetry {
+        let log = self.access_log.map(|a| LogSink {
+            writer: self
+                .writer
+                .unwrap_or_else(|| Writer::open(a.path.clone(), metrics.telemetry.clone())),
+            options: LineOptions {
+                format: match a.format {
+                    LogFormat::Json => Format::Json,
+                    LogFormat::Text => Format::Text,
+                },
+                log_query: a.log_query,
+            },
+            sample: a.sample,
+        });
+        let otlp = self.exporter.or_else(|| {
+            let endpoint = self.otlp_endpoint?;
+            Exporter::start(&endpoint, metrics.telemetry.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "spans will not be exported"))
+                .ok()
+        });
+        Telemetry { log, otlp }
     }
 }
 
@@ -381,6 +441,7 @@ impl Compiled {
             keys: self.keys,
             tls: self.tls,
             admin_tls: self.admin_tls,
+            telemetry: self.telemetry.start(metrics),
         }
     }
 }

@@ -24,7 +24,7 @@ pub(crate) use sticky::sticky_hash;
 /// One deployment in the live table.
 #[derive(Debug)]
 pub struct Deployment {
-    pub(crate) name: Box<str>,
+    pub(crate) name: Arc<str>,
     /// `x-deployment` value, built once.
     pub(crate) header_value: HeaderValue,
     /// Live weight 0–100.
@@ -225,6 +225,40 @@ pub struct Table {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// The admin listener's TLS.
     pub(crate) admin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The access log and the span exporter (default neither).
+    pub(crate) telemetry: Telemetry,
+}
+
+/// Where a table's finished requests go: the access log and the span exporter.
+#[derive(Default)]
+pub(crate) struct Telemetry {
+    pub(crate) log: Option<LogSink>,
+    pub(crate) otlp: Option<crate::telemetry::Exporter>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("log", &self.log.as_ref().map(|l| l.writer.path()))
+            .field("otlp", &self.otlp.as_ref().map(|o| o.endpoint()))
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// Whether requests get a record (something logs or exports it).
+    pub(crate) fn on(&self) -> bool {
+        self.log.is_some() || self.otlp.is_some()
+    }
+}
+
+/// The access log of a table: its writer (shared by tables with the same path), how lines are
+/// written, and the share of requests logged.
+pub(crate) struct LogSink {
+    pub(crate) writer: Arc<crate::telemetry::Writer>,
+    pub(crate) options: crate::telemetry::LineOptions,
+    /// 0–1; errors are logged whatever it is.
+    pub(crate) sample: f64,
 }
 
 /// A live mirror: deployment, share of unpinned requests and its counters.
@@ -245,6 +279,8 @@ pub(crate) struct Mirror {
 pub struct Choice {
     pub index: usize,
     pub pinned: bool,
+    /// Chosen by the sticky key's hash.
+    pub sticky: bool,
 }
 
 // === impl Table ===
@@ -276,6 +312,7 @@ impl Table {
             return Ok(Choice {
                 index,
                 pinned: false,
+                sticky: true,
             });
         }
         self.choose(pin, rng)
@@ -297,6 +334,7 @@ impl Table {
                 Some(index) => Ok(Choice {
                     index,
                     pinned: true,
+                    sticky: false,
                 }),
                 None => Err(ProxyError::UnknownPin {
                     header: self.pin_header.clone(),
@@ -319,6 +357,7 @@ impl Table {
         Ok(Choice {
             index,
             pinned: false,
+            sticky: false,
         })
     }
 }

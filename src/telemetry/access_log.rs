@@ -436,7 +436,6 @@ enum Item {
 
 /// One log file (or stdout for `-`) and its writer thread, which ends once the last `Arc` is
 /// dropped and the queue is written.
-#[allow(dead_code)]
 pub(crate) struct Writer {
     path: PathBuf,
     tx: SyncSender<Item>,
@@ -445,7 +444,12 @@ pub(crate) struct Writer {
     write_error: IntCounter,
 }
 
-#[allow(dead_code)]
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish()
+    }
+}
+
 impl Writer {
     /// Starts the writer of `path` (`-`: stdout). Never fails: a file that cannot be opened is
     /// retried once a second, its lines dropped meanwhile (`log_dropped_write_error`). The file

@@ -89,11 +89,12 @@ async fn send_h2(
     instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Held), Failure> {
-    for _ in 0..2 {
-        let lease = h2
+    for attempt in 0..2 {
+        let mut lease = h2
             .lease(instance.addr(), instance.tls())
             .await
             .map_err(Failure::Connect)?;
+        lease.resent = attempt > 0;
         let mut sender = lease.sender();
         if sender.ready().await.is_err() {
             h2.discard(&lease);
@@ -122,6 +123,7 @@ async fn send_h1(
     instance: &Instance,
     pending: &mut Pending,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
+    let mut resent = false;
     // Not `while let`: its scrutinee would be kept across the awaits in the loop.
     loop {
         let Some(mut conn) = pool.checkout() else {
@@ -147,10 +149,16 @@ async fn send_h1(
         // Bound first: a temporary in the awaited expression would be kept across the await.
         let req = take(pending)?;
         match conn.sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, conn)),
+            Ok(resp) => {
+                conn.resent = resent;
+                return Ok((resp, conn));
+            }
             Err(mut e) => match e.take_message() {
                 // Never written: the connection was closed. Try the next one.
-                Some(r) => *pending = Some(Box::new(r)),
+                Some(r) => {
+                    *pending = Some(Box::new(r));
+                    resent = true;
+                }
                 None => return Err(Failure::Broken(e.into_error())),
             },
         }
@@ -159,7 +167,12 @@ async fn send_h1(
         let (conn, ended) = connect(instance.addr(), instance.tls())
             .await
             .map_err(Failure::Connect)?;
-        send_on_new(conn, ended, pending).await
+        send_on_new(conn, ended, pending)
+            .await
+            .map(|(resp, mut conn)| {
+                conn.resent = resent;
+                (resp, conn)
+            })
     })
     .await
 }
@@ -230,6 +243,10 @@ async fn send_replayable(
         Ok((conn, ended)) => send_on_new(conn, ended, pending).await,
         Err(e) => Err(Failure::Connect(e)),
     };
+    let result = result.map(|(resp, mut conn)| {
+        conn.resent = true;
+        (resp, conn)
+    });
     match (result, written) {
         // Once written, the request is not offered to another instance as well: a new
         // connection to this one that fails before use ends the exchange.

@@ -22,10 +22,27 @@ pub(crate) enum Held {
     /// An HTTP/1.1 connection, back to the pool when the answer is complete.
     H1(Conn),
     /// A stream of an HTTP/2 connection, given back when the lease is dropped.
-    H2(#[allow(dead_code)] Lease),
+    H2(Lease),
 }
 
 impl Held {
+    /// The time it took to open the connection, when it was opened for this request.
+    pub(crate) fn connect_time(&self) -> Option<Duration> {
+        let us = match self {
+            Held::H1(c) => c.connect_us,
+            Held::H2(l) => l.connect_us,
+        };
+        (us > 0).then(|| Duration::from_micros(us.into()))
+    }
+
+    /// The request was sent again on a new connection after another closed under it.
+    pub(crate) fn resent(&self) -> bool {
+        match self {
+            Held::H1(c) => c.resent,
+            Held::H2(l) => l.resent,
+        }
+    }
+
     /// The exchange completed: an HTTP/1.1 connection goes back to `slot`'s pool.
     pub(crate) fn release(self, slot: &Slot) {
         if let (Held::H1(conn), Conns::H1(pool)) = (self, slot.instance().conns()) {
