@@ -250,7 +250,11 @@ pub(crate) fn check(path: &Path) -> Result<(String, String), ConfigError> {
                 config::LogFormat::Text => "text",
             },
             a.sample * 100.0,
-            if a.log_query { ", with query strings" } else { "" }
+            if a.log_query {
+                ", with query strings"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(e) = &c.otlp_endpoint {
@@ -323,13 +327,23 @@ pub(crate) struct Running {
     pub(crate) admin_listen: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
+    loader: Arc<Loader>,
 }
 
 impl Running {
-    /// Stops accepting at once and waits for the requests in flight (up to the drain time).
+    /// Stops accepting at once and waits for the requests in flight (up to the drain time),
+    /// then writes the access log lines and sends the spans still queued (2 s at most each).
     pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.serving.await;
+        let table = self.loader.table().load_full();
+        if let Some(otlp) = &table.telemetry.otlp {
+            otlp.flush(Duration::from_secs(2)).await;
+        }
+        if let Some(log) = &table.telemetry.log {
+            let writer = log.writer.clone();
+            let _ = tokio::task::spawn_blocking(move || writer.flush(Duration::from_secs(2))).await;
+        }
     }
 }
 
@@ -379,6 +393,7 @@ pub(crate) async fn start(path: &Path, drain: Duration) -> Result<Running, AppEr
         admin_listen,
         stop,
         serving,
+        loader,
     })
 }
 

@@ -245,7 +245,8 @@ impl RequestBody {
 
     fn mark_sent(&mut self) {
         if let Some(p) = self.sent.take() {
-            p.bytes.store(self.limit.saturating_sub(self.remaining), Ordering::Relaxed);
+            p.bytes
+                .store(self.limit.saturating_sub(self.remaining), Ordering::Relaxed);
             p.sent.store(true, Ordering::Relaxed);
         }
     }
@@ -275,7 +276,8 @@ impl Drop for RequestBody {
         }
         // A body that did not end: what was read of it.
         if let Some(p) = &self.sent {
-            p.bytes.store(self.limit.saturating_sub(self.remaining), Ordering::Relaxed);
+            p.bytes
+                .store(self.limit.saturating_sub(self.remaining), Ordering::Relaxed);
         }
     }
 }

@@ -38,9 +38,11 @@ fn lines(path: &Path) -> Vec<String> {
 
 /// Waits up to 5 s for `path` to hold at least `n` lines, and parses them as JSON.
 async fn json_lines(path: &Path, n: usize) -> Vec<Value> {
-    wait_until(&format!("{n} lines in {}", path.display()), Duration::from_secs(5), async || {
-        lines(path).len() >= n
-    })
+    wait_until(
+        &format!("{n} lines in {}", path.display()),
+        Duration::from_secs(5),
+        async || lines(path).len() >= n,
+    )
     .await;
     lines(path)
         .iter()
@@ -72,7 +74,11 @@ async fn post(client: &TestClient, url: &str, headers: &[(&str, &str)], body: &s
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    send(client, b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+    send(
+        client,
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -105,7 +111,11 @@ async fn every_field_of_a_logged_request_is_what_was_sent_and_who_answered() {
     let a = post(
         &c,
         &proxy.url("/score?token=abc"),
-        &[auth, ("x-request-id", "client-id-1"), ("traceparent", parent)],
+        &[
+            auth,
+            ("x-request-id", "client-id-1"),
+            ("traceparent", parent),
+        ],
         body,
     )
     .await;
@@ -115,12 +125,24 @@ async fn every_field_of_a_logged_request_is_what_was_sent_and_who_answered() {
     let at_blue = &seen[0].headers;
     assert_eq!(at_blue["x-request-id"], "client-id-1");
     let tp = at_blue["traceparent"].to_str().unwrap().to_string();
-    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
-    assert_ne!(&tp[36..52], "00f067aa0ba902b7", "the proxy's span is the new parent");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert_ne!(
+        &tp[36..52],
+        "00f067aa0ba902b7",
+        "the proxy's span is the new parent"
+    );
     assert!(tp.ends_with("-01"));
 
     // 2. No id: one is made (a UUIDv4), sent to the instance and back; a trace is started.
-    let b = get(&c, &proxy.url("/score"), &[auth, ("x-api-version", "green")]).await;
+    let b = get(
+        &c,
+        &proxy.url("/score"),
+        &[auth, ("x-api-version", "green")],
+    )
+    .await;
     let made = header(&b, "x-request-id").to_string();
     assert!(is_uuid_v4(&made), "{made:?}");
     let at_green = &green.seen()[0].headers;
@@ -129,10 +151,24 @@ async fn every_field_of_a_logged_request_is_what_was_sent_and_who_answered() {
     assert_eq!(started.len(), 55, "{started}");
 
     // 3. Errors scoregate made: an unknown pin (before routing), a dead instance.
-    let e = get(&c, &proxy.url("/score"), &[auth, ("x-api-version", "nope"), ("x-request-id", "bad-pin")]).await;
+    let e = get(
+        &c,
+        &proxy.url("/score"),
+        &[auth, ("x-api-version", "nope"), ("x-request-id", "bad-pin")],
+    )
+    .await;
     assert_eq!(e.status, StatusCode::BAD_REQUEST);
     assert_eq!(header(&e, "x-request-id"), "bad-pin");
-    let d = get(&c, &proxy.url("/score"), &[auth, ("x-api-version", "broken"), ("x-request-id", "dead-1")]).await;
+    let d = get(
+        &c,
+        &proxy.url("/score"),
+        &[
+            auth,
+            ("x-api-version", "broken"),
+            ("x-request-id", "dead-1"),
+        ],
+    )
+    .await;
     assert_eq!(d.status, StatusCode::BAD_GATEWAY);
     assert_eq!(header(&d, "x-request-id"), "dead-1");
     let u = get(&c, &proxy.url("/score"), &[("x-request-id", "no-key")]).await;
@@ -152,7 +188,11 @@ async fn every_field_of_a_logged_request_is_what_was_sent_and_who_answered() {
     assert_eq!(l["bytes_out"], a.body.len());
     assert_eq!(l["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(l["parent_span_id"], "00f067aa0ba902b7");
-    assert_eq!(l["span_id"], &tp[36..52], "the span the instance saw as its parent");
+    assert_eq!(
+        l["span_id"],
+        &tp[36..52],
+        "the span the instance saw as its parent"
+    );
     assert_eq!(l["retried"], false);
     assert_eq!(l["mirrored"], serde_json::json!([]));
     assert_eq!(l["error"], Value::Null);
@@ -160,7 +200,10 @@ async fn every_field_of_a_logged_request_is_what_was_sent_and_who_answered() {
     let client_addr: SocketAddr = l["client"].as_str().unwrap().parse().unwrap();
     assert!(client_addr.ip().is_loopback());
     let (to_headers, total) = (ms(&l["duration_to_headers_ms"]), ms(&l["duration_ms"]));
-    assert!(to_headers > 0.0 && to_headers <= total && total < 5000.0, "{l}");
+    assert!(
+        to_headers > 0.0 && to_headers <= total && total < 5000.0,
+        "{l}"
+    );
     // The first request to blue opened a connection.
     let connect = ms(&l["upstream_connect_ms"]);
     assert!(connect > 0.0 && connect <= to_headers, "{l}");
@@ -170,28 +213,53 @@ async fn every_field_of_a_logged_request_is_what_was_sent_and_who_answered() {
     assert!(l["time"].as_str().unwrap().ends_with('Z'));
 
     let g = line_of(&all, &made);
-    assert_eq!((g["deployment"].as_str(), g["route"].as_str()), (Some("green"), Some("pinned")));
+    assert_eq!(
+        (g["deployment"].as_str(), g["route"].as_str()),
+        (Some("green"), Some("pinned"))
+    );
     assert_eq!(g["method"], "GET");
     assert_eq!(g["bytes_in"], 0);
-    assert_eq!(g["parent_span_id"], Value::Null, "a trace started here has no parent");
+    assert_eq!(
+        g["parent_span_id"],
+        Value::Null,
+        "a trace started here has no parent"
+    );
     assert_eq!(g["trace_id"], &started[3..35]);
     assert_eq!(g["span_id"], &started[36..52]);
 
     let p = line_of(&all, "bad-pin");
-    assert_eq!((p["status"].as_u64(), p["error"].as_str()), (Some(400), Some("unknown_pin")));
+    assert_eq!(
+        (p["status"].as_u64(), p["error"].as_str()),
+        (Some(400), Some("unknown_pin"))
+    );
     assert_eq!(p["deployment"], Value::Null);
     assert_eq!(p["instance"], Value::Null);
     let x = line_of(&all, "dead-1");
-    assert_eq!((x["status"].as_u64(), x["error"].as_str()), (Some(502), Some("connect")));
+    assert_eq!(
+        (x["status"].as_u64(), x["error"].as_str()),
+        (Some(502), Some("connect"))
+    );
     assert_eq!(x["deployment"], "broken");
     assert_eq!(x["instance"], dead.to_string());
     let n = line_of(&all, "no-key");
-    assert_eq!((n["status"].as_u64(), n["error"].as_str()), (Some(401), Some("unauthorized")));
+    assert_eq!(
+        (n["status"].as_u64(), n["error"].as_str()),
+        (Some(401), Some("unauthorized"))
+    );
 
     // Never the key, the Authorization header or a body.
     let text = std::fs::read_to_string(&log).unwrap();
-    for secret in ["s3cret-key-123", "Bearer", "authorization", "inputs", "token=abc"] {
-        assert!(!text.to_lowercase().contains(&secret.to_lowercase()), "{secret} in the log:\n{text}");
+    for secret in [
+        "s3cret-key-123",
+        "Bearer",
+        "authorization",
+        "inputs",
+        "token=abc",
+    ] {
+        assert!(
+            !text.to_lowercase().contains(&secret.to_lowercase()),
+            "{secret} in the log:\n{text}"
+        );
     }
 }
 
@@ -206,7 +274,12 @@ async fn the_query_is_logged_only_when_asked_and_sticky_keys_say_sticky() {
         .yaml();
     let proxy = Proc::proxy(&file);
     let c = client();
-    let a = get(&c, &proxy.url("/score?user=7&x=1"), &[("x-user", "u-7"), ("x-request-id", "q-1")]).await;
+    let a = get(
+        &c,
+        &proxy.url("/score?user=7&x=1"),
+        &[("x-user", "u-7"), ("x-request-id", "q-1")],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     let all = json_lines(&log_path(&proxy, "access.log"), 1).await;
     let l = line_of(&all, "q-1");
@@ -229,24 +302,37 @@ async fn the_text_format_is_one_line_of_fields_per_request() {
         get(&c, &proxy.url("/score"), &[("x-request-id", id.as_str())]).await;
     }
     let path = log_path(&proxy, "access.log");
-    wait_until("3 text lines", Duration::from_secs(5), async || lines(&path).len() >= 3).await;
+    wait_until("3 text lines", Duration::from_secs(5), async || {
+        lines(&path).len() >= 3
+    })
+    .await;
     let all = lines(&path);
     let counts: Vec<usize> = all.iter().map(|l| l.split(' ').count()).collect();
     assert!(counts.windows(2).all(|w| w[0] == w[1]), "{all:#?}");
     let l = &all[1];
-    assert!(serde_json::from_str::<Value>(l).is_err(), "text, not JSON: {l}");
-    for field in ["text-1", "\"GET /score HTTP/1.1\"", " 200 ", " blue ", &blue.addr.to_string(), " weighted "] {
+    assert!(
+        serde_json::from_str::<Value>(l).is_err(),
+        "text, not JSON: {l}"
+    );
+    for field in [
+        "text-1",
+        "\"GET /score HTTP/1.1\"",
+        " 200 ",
+        " blue ",
+        &blue.addr.to_string(),
+        " weighted ",
+    ] {
         assert!(l.contains(field), "{field:?} not in {l}");
     }
 }
 
 #[tokio::test]
 async fn sampling_logs_a_share_of_successes_and_every_error() {
-    let ok = Backend::start("ok").await;
+    let ok = Backend::start("fine").await;
     let failing = Backend::answering("failing", StatusCode::INTERNAL_SERVER_ERROR).await;
     let file = EndpointFile::new()
         .extra("access_log: {path: access.log, sample: 0.25}")
-        .deployment("ok", &[ok.addr], Some(100))
+        .deployment("fine", &[ok.addr], Some(100))
         .deployment("failing", &[failing.addr], None)
         .yaml();
     let proxy = Proc::proxy(&file);
@@ -259,19 +345,31 @@ async fn sampling_logs_a_share_of_successes_and_every_error() {
     }
     for i in 0..40 {
         let id = format!("err-{i}");
-        let a = get(&c, &proxy.url("/score"), &[("x-request-id", id.as_str()), ("x-api-version", "failing")]).await;
+        let a = get(
+            &c,
+            &proxy.url("/score"),
+            &[("x-request-id", id.as_str()), ("x-api-version", "failing")],
+        )
+        .await;
         assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
     let path = log_path(&proxy, "access.log");
     let all = json_lines(&path, 40).await;
     // Give the writer time to drain what it has.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let all = if lines(&path).len() > all.len() { json_lines(&path, 40).await } else { all };
+    let all = if lines(&path).len() > all.len() {
+        json_lines(&path, 40).await
+    } else {
+        all
+    };
     let errors = all.iter().filter(|l| l["status"] == 500).count();
     assert_eq!(errors, 40, "every error is logged");
     let logged_ok = all.iter().filter(|l| l["status"] == 200).count() as f64;
     // Binomial(800, 0.25): mean 200, sd 12.2; 4.5 sd either side (p < 1e-5 of a false alarm).
-    assert!((logged_ok - 200.0).abs() <= 55.0, "{logged_ok} of {n} successes logged at 25 %");
+    assert!(
+        (logged_ok - 200.0).abs() <= 55.0,
+        "{logged_ok} of {n} successes logged at 25 %"
+    );
 }
 
 #[tokio::test]
@@ -284,31 +382,64 @@ async fn a_moved_log_file_is_followed_with_or_without_sigusr1_and_no_line_is_los
     let proxy = Proc::proxy(&file);
     let path = log_path(&proxy, "access.log");
     let load = Load::start(proxy.url("/score"), 4);
-    wait_until("lines", Duration::from_secs(5), async || lines(&path).len() > 200).await;
+    wait_until("lines", Duration::from_secs(5), async || {
+        lines(&path).len() > 200
+    })
+    .await;
     // logrotate: move, then SIGUSR1 (nginx's postrotate).
     let first = path.with_extension("log.1");
     std::fs::rename(&path, &first).unwrap();
     proxy.signal("USR1");
-    wait_until("a new file after SIGUSR1", Duration::from_secs(5), async || lines(&path).len() > 200).await;
+    wait_until(
+        "a new file after SIGUSR1",
+        Duration::from_secs(5),
+        async || lines(&path).len() > 200,
+    )
+    .await;
     // Moved again with no signal: the writer notices within a second or so.
     let second = path.with_extension("log.2");
     std::fs::rename(&path, &second).unwrap();
-    wait_until("a new file without a signal", Duration::from_secs(5), async || lines(&path).len() > 200).await;
+    wait_until(
+        "a new file without a signal",
+        Duration::from_secs(5),
+        async || lines(&path).len() > 200,
+    )
+    .await;
     let samples = load.stop().await;
-    assert!(samples.iter().all(|s| s.succeeded()), "every request answered");
+    assert!(
+        samples.iter().all(|s| s.succeeded()),
+        "every request answered"
+    );
     let expected = samples.len();
     let count = || lines(&first).len() + lines(&second).len() + lines(&path).len();
-    wait_until("every line written", Duration::from_secs(5), async || count() >= expected).await;
+    wait_until("every line written", Duration::from_secs(5), async || {
+        count() >= expected
+    })
+    .await;
     let mut ids: Vec<String> = [&first, &second, &path]
         .iter()
         .flat_map(|p| lines(p))
-        .map(|l| serde_json::from_str::<Value>(&l).expect("a JSON line")["request_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(&l).expect("a JSON line")["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let total = ids.len();
     ids.sort();
     ids.dedup();
-    assert_eq!((total, ids.len()), (expected, expected), "each request logged exactly once across the files");
-    assert_eq!(proxy.metric("scoregate_access_log_dropped_total{reason=\"queue_full\"}").await, 0.0);
+    assert_eq!(
+        (total, ids.len()),
+        (expected, expected),
+        "each request logged exactly once across the files"
+    );
+    assert_eq!(
+        proxy
+            .metric("scoregate_access_log_dropped_total{reason=\"queue_full\"}")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -326,9 +457,11 @@ async fn a_full_disk_or_an_unwritable_path_drops_lines_counted_and_serving_goes_
             assert_eq!(a.status, StatusCode::OK, "{target}");
         }
         let series = "scoregate_access_log_dropped_total{reason=\"write_error\"}";
-        wait_until(&format!("200 drops counted for {target}"), Duration::from_secs(5), async || {
-            proxy.metric(series).await >= 200.0
-        })
+        wait_until(
+            &format!("200 drops counted for {target}"),
+            Duration::from_secs(5),
+            async || proxy.metric(series).await >= 200.0,
+        )
         .await;
         assert_eq!(proxy.metric("scoregate_access_log_lines_total").await, 0.0);
     }
@@ -345,7 +478,11 @@ async fn a_change_to_access_log_applies_on_reload() {
     get(&c, &proxy.url("/score"), &[("x-request-id", "before")]).await;
     assert!(!path.exists(), "no log until the file asks for one");
 
-    std::fs::write(&config, base.clone().extra("access_log: {path: access.log}").yaml()).unwrap();
+    std::fs::write(
+        &config,
+        base.clone().extra("access_log: {path: access.log}").yaml(),
+    )
+    .unwrap();
     wait_until("the reload", Duration::from_secs(10), async || {
         get(&c, &proxy.url("/score"), &[("x-request-id", "probe")]).await;
         path.exists()
@@ -359,13 +496,25 @@ async fn a_change_to_access_log_applies_on_reload() {
     .await;
 
     // The same path in text: the writer (and its file) are kept, the lines change.
-    std::fs::write(&config, base.clone().extra("access_log: {path: access.log, format: text}").yaml()).unwrap();
+    std::fs::write(
+        &config,
+        base.clone()
+            .extra("access_log: {path: access.log, format: text}")
+            .yaml(),
+    )
+    .unwrap();
     wait_until("text lines", Duration::from_secs(10), async || {
         get(&c, &proxy.url("/score"), &[("x-request-id", "text-now")]).await;
-        lines(&path).iter().any(|l| l.contains("text-now") && !l.starts_with('{'))
+        lines(&path)
+            .iter()
+            .any(|l| l.contains("text-now") && !l.starts_with('{'))
     })
     .await;
-    assert!(!std::fs::read_to_string(&path).unwrap().contains("\"before\""));
+    assert!(
+        !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"before\"")
+    );
 }
 
 #[tokio::test]

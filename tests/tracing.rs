@@ -104,13 +104,29 @@ async fn each_request_is_a_span_in_the_clients_trace_exported_to_a_real_receiver
     let proxy = Proc::proxy(&file);
     let c = client();
     let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let a = get(&c, &proxy.url("/score?k=v"), &[("traceparent", parent), ("x-request-id", "span-1")]).await;
+    let a = get(
+        &c,
+        &proxy.url("/score?k=v"),
+        &[("traceparent", parent), ("x-request-id", "span-1")],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    let seen = blue.seen()[0].headers["traceparent"].to_str().unwrap().to_string();
+    let seen = blue.seen()[0].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
     // No traceparent: a trace starts here, sampled because spans are exported.
-    let b = get(&c, &proxy.url("/score"), &[("x-api-version", "failing"), ("x-request-id", "span-2")]).await;
+    let b = get(
+        &c,
+        &proxy.url("/score"),
+        &[("x-api-version", "failing"), ("x-request-id", "span-2")],
+    )
+    .await;
     assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE);
-    let started = failing.seen()[0].headers["traceparent"].to_str().unwrap().to_string();
+    let started = failing.seen()[0].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(started.ends_with("-01"), "{started}");
 
     let got = spans(&mut rx, 2).await;
@@ -120,13 +136,20 @@ async fn each_request_is_a_span_in_the_clients_trace_exported_to_a_real_receiver
         .expect("span of span-1");
     assert_eq!(hex(&one.trace_id), "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(hex(&one.parent_span_id), "b7ad6b7169203331");
-    assert_eq!(hex(&one.span_id), &seen[36..52], "the instance's parent is the proxy's span");
+    assert_eq!(
+        hex(&one.span_id),
+        &seen[36..52],
+        "the instance's parent is the proxy's span"
+    );
     assert_eq!(one.kind, 2, "SERVER");
     assert!(one.end_time_unix_nano > one.start_time_unix_nano);
     assert_eq!(text_attr(one, "url.path"), "/score");
     assert_eq!(text_attr(one, "scoregate.deployment"), "blue");
     assert_eq!(text_attr(one, "scoregate.instance"), blue.addr.to_string());
-    assert!(matches!(attr(one, "http.response.status_code"), Some(Any::IntValue(200))));
+    assert!(matches!(
+        attr(one, "http.response.status_code"),
+        Some(Any::IntValue(200))
+    ));
     assert_ne!(one.status.as_ref().map_or(0, |s| s.code), 2, "not an error");
 
     let two = got
@@ -134,10 +157,20 @@ async fn each_request_is_a_span_in_the_clients_trace_exported_to_a_real_receiver
         .find(|s| text_attr(s, "scoregate.request_id") == "span-2")
         .expect("span of span-2");
     assert_eq!(hex(&two.trace_id), &started[3..35]);
-    assert!(two.parent_span_id.is_empty(), "a trace started here: the proxy's span is the root");
+    assert!(
+        two.parent_span_id.is_empty(),
+        "a trace started here: the proxy's span is the root"
+    );
     assert_eq!(hex(&two.span_id), &started[36..52]);
-    assert_eq!(two.status.as_ref().map(|s| s.code), Some(2), "a 503 is an error span");
-    assert_eq!(proxy.metric("scoregate_trace_spans_exported_total").await, 2.0);
+    assert_eq!(
+        two.status.as_ref().map(|s| s.code),
+        Some(2),
+        "a 503 is an error span"
+    );
+    assert_eq!(
+        proxy.metric("scoregate_trace_spans_exported_total").await,
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -150,14 +183,22 @@ async fn a_down_collector_costs_only_dropped_spans_counted() {
     let proxy = Proc::proxy(&file);
     let c = client();
     for _ in 0..50 {
-        assert_eq!(get(&c, &proxy.url("/score"), &[]).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&c, &proxy.url("/score"), &[]).await.status,
+            StatusCode::OK
+        );
     }
     let series = "scoregate_trace_spans_dropped_total{reason=\"export_failed\"}";
-    wait_until("50 spans counted as dropped", Duration::from_secs(15), async || {
-        proxy.metric(series).await >= 50.0
-    })
+    wait_until(
+        "50 spans counted as dropped",
+        Duration::from_secs(15),
+        async || proxy.metric(series).await >= 50.0,
+    )
     .await;
-    assert_eq!(proxy.metric("scoregate_trace_spans_exported_total").await, 0.0);
+    assert_eq!(
+        proxy.metric("scoregate_trace_spans_exported_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -171,10 +212,21 @@ async fn an_unsampled_trace_is_continued_but_not_exported() {
     let proxy = Proc::proxy(&file);
     let c = client();
     let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-    get(&c, &proxy.url("/score"), &[("traceparent", unsampled), ("x-request-id", "quiet")]).await;
+    get(
+        &c,
+        &proxy.url("/score"),
+        &[("traceparent", unsampled), ("x-request-id", "quiet")],
+    )
+    .await;
     get(&c, &proxy.url("/score"), &[("x-request-id", "loud")]).await;
     let got = spans(&mut rx, 1).await;
-    assert!(got.iter().all(|s| text_attr(s, "scoregate.request_id") == "loud"));
-    let seen = blue.seen()[0].headers["traceparent"].to_str().unwrap().to_string();
+    assert!(
+        got.iter()
+            .all(|s| text_attr(s, "scoregate.request_id") == "loud")
+    );
+    let seen = blue.seen()[0].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(seen.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && seen.ends_with("-00"));
 }

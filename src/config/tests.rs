@@ -6,7 +6,7 @@ use super::*;
 const NAME_RULE: &str =
     "is invalid: use 3 to 32 characters, lowercase letters, digits and `-`, starting with a letter";
 const TOP_EXPECTED: &str = "expected one of: name, listen, admin_listen, pin_header, \
-    sticky_header, traffic, mirror_traffic, mirror_compare, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, tls, admin_tls, deployments";
+    sticky_header, traffic, mirror_traffic, mirror_compare, auth_mode, keys_file, max_request_body_bytes, client_header_timeout_ms, dns_refresh_ms, tls, admin_tls, access_log, otlp_endpoint, deployments";
 const AML_TOKEN_WARNING: &str = "WARNING: auth_mode `aml_token` is NOT enforced by scoregate: \
     this endpoint is OPEN to anyone who can reach it (use `auth_mode: key` with a `keys_file`, \
     or `none` to silence this warning)";

@@ -83,13 +83,13 @@ impl Proxy {
     where
         F: FnOnce(Response<ResponseBody>, Option<Completion>) -> T + Send + 'static,
     {
-        let start = Instant::now();
         let proxy = self.clone();
         // The request keeps this table until it ends, whatever reloads happen meanwhile.
         let table = self.table.load_full();
         let pinned = req.headers().contains_key(&table.pin_header);
         let grpc = grpc::is_grpc(req.headers());
-        let mut trip = Trip::begin(&table, &mut req, peer.addr, grpc, start);
+        // The arrival time is kept in the trip only: the future holds it once.
+        let mut trip = Trip::begin(&table, &mut req, peer.addr, grpc, Instant::now());
         let mut prepared = prepare(&table, req, peer, grpc, &mut trip);
         async move {
             let outcome = match prepared {
@@ -102,18 +102,23 @@ impl Proxy {
             let mut resp = match outcome {
                 Ok((resp, index)) => {
                     let status = resp.status().as_u16();
-                    let grpc_status = grpc.then(|| upstream::grpc_status(resp.headers())).flatten();
+                    let grpc_status = grpc
+                        .then(|| upstream::grpc_status(resp.headers()))
+                        .flatten();
                     trip.answered(status, grpc_status, None);
-                    if status >= 500 || grpc_status.is_some_and(|c| GRPC_SERVER_FAILURES.contains(&c)) {
+                    if status >= 500
+                        || grpc_status.is_some_and(|c| GRPC_SERVER_FAILURES.contains(&c))
+                    {
                         proxy.failed(&table, &trip, Some(index), status, grpc_status, None);
                     }
-                    respond::answered(&table, index, resp, pinned, start)
+                    respond::answered(&table, index, resp, pinned, trip.start)
                 }
                 Err((err, dep)) => {
-                    let (status, grpc_status) = (err.status().as_u16(), grpc.then(|| err.grpc_code()));
+                    let (status, grpc_status) =
+                        (err.status().as_u16(), grpc.then(|| err.grpc_code()));
                     trip.answered(status, grpc_status, Some(err.kind()));
                     proxy.failed(&table, &trip, dep, status, grpc_status, Some(err.kind()));
-                    respond::refused(&table, &err, dep, pinned, grpc, start)
+                    respond::refused(&table, &err, dep, pinned, grpc, trip.start)
                 }
             };
             let id = std::mem::replace(&mut trip.request_id, HeaderValue::from_static(""));
@@ -212,9 +217,7 @@ impl Proxy {
             Err(_) => {
                 let failure = Failure::Timeout {
                     timeout_ms: timeout.as_millis() as u64,
-                    body_sent: sent
-                        .as_ref()
-                        .is_none_or(|s| s.sent.load(Ordering::Relaxed)),
+                    body_sent: sent.as_ref().is_none_or(|s| s.sent.load(Ordering::Relaxed)),
                 };
                 return Err(at(charge(dep, &current, &failure)));
             }

@@ -26,7 +26,8 @@ pub(crate) struct Trip {
     pub(crate) request_id: HeaderValue,
     /// `Some` when the table logs or exports spans.
     pub(crate) record: Option<Record>,
-    start: Instant,
+    /// When the request arrived.
+    pub(crate) start: Instant,
     /// The request body's progress (bytes read), when it has a body.
     pub(crate) progress: Option<Arc<Progress>>,
 }

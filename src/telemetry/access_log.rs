@@ -67,7 +67,6 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const WRITE_AT: usize = 256 * 1024;
 
 /// The line format. Default: JSON.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Format {
     /// One JSON object per line (the default).
@@ -79,7 +78,6 @@ pub(crate) enum Format {
 
 /// How lines are written: format and whether the query string is kept (default: JSON, no
 /// query).
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct LineOptions {
     pub(crate) format: Format,
@@ -88,7 +86,6 @@ pub(crate) struct LineOptions {
 }
 
 /// Appends `record` as one line, ending in `\n`, to `out`.
-#[allow(dead_code)]
 pub(crate) fn write_line(record: &Record, opts: LineOptions, out: &mut Vec<u8>) {
     match opts.format {
         Format::Json => json_line(record, opts.log_query, out),

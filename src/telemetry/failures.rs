@@ -60,7 +60,6 @@ impl Default for FailedRequests {
 impl FailedRequests {
     /// Keeps `f` as the newest failed request, dropping the oldest when [`KEPT`] are kept.
     /// Never blocks.
-    #[allow(dead_code)] // Called by the request path once it records failures.
     pub(crate) fn record(&self, f: FailedRequest) {
         let _ = self.incoming.force_push(f);
     }

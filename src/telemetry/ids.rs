@@ -15,6 +15,7 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 }
 
 /// Lowercase hex of `bytes`.
+#[cfg(test)]
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];
     hex_into(bytes, &mut out);

@@ -92,8 +92,11 @@ pub(crate) struct Exporter {
     endpoint: Arc<str>,
     dropped_queue_full: IntCounter,
     dropped_export_failed: IntCounter,
-    /// Becomes true when the task has sent its last batch and ended.
+    /// Becomes true when the task has sent its last batch and ended (read by `shutdown`).
+    #[cfg_attr(not(test), allow(dead_code))]
     done: watch::Receiver<bool>,
+    /// Asks the task to send what it holds now (answered when sent).
+    flushes: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }
 
 // === impl Exporter ===
@@ -104,7 +107,6 @@ impl Exporter {
     /// inside a tokio runtime (an error otherwise). Connects lazily, on the first batch: a
     /// collector that is down costs nothing but dropped spans, counted in
     /// `metrics.spans_dropped_export_failed`.
-    #[allow(dead_code)]
     pub(crate) fn start(
         endpoint: &str,
         metrics: TelemetryMetrics,
@@ -120,7 +122,9 @@ impl Exporter {
         let channel = channel(endpoint)?;
         let (queue, rx) = mpsc::channel(settings.queue);
         let (done_tx, done) = watch::channel(false);
+        let (flushes, flush_rx) = mpsc::channel(4);
         let exporter = Exporter {
+            flushes,
             queue,
             endpoint: Arc::from(endpoint),
             dropped_queue_full: metrics.spans_dropped_queue_full.clone(),
@@ -141,7 +145,7 @@ impl Exporter {
             unreported: 0,
         };
         tokio::spawn(async move {
-            run(rx, sink, settings).await;
+            run(rx, flush_rx, sink, settings).await;
             // The receivers may all be gone; nobody is waiting then.
             let _ = done_tx.send(true);
         });
@@ -150,7 +154,6 @@ impl Exporter {
 
     /// Queues `record` for export. Never waits and takes no lock; when the queue (4096
     /// records) is full the record is dropped and counted in `spans_dropped_queue_full`.
-    #[allow(dead_code)]
     pub(crate) fn export(&self, record: Arc<Record>) {
         match self.queue.try_send(record) {
             Ok(()) => {}
@@ -161,15 +164,25 @@ impl Exporter {
     }
 
     /// The collector's endpoint, as given to `start`.
-    #[allow(dead_code)]
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Sends what is queued now, without waiting for the batch timer, and waits for it to go
+    /// out, for `grace` at most (at process exit, when other handles may still be held). True
+    /// when it went out.
+    pub(crate) async fn flush(&self, grace: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.flushes.try_send(tx).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(grace, rx).await, Ok(Ok(())))
     }
 
     /// Drops this handle and waits, for `grace` at most, until the task has sent what was
     /// queued and ended (which needs every clone dropped). True when it has. For a process
     /// that exits: dropping alone lets the runtime's end cut the last batch off.
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub(crate) async fn shutdown(self, grace: Duration) -> bool {
         let Exporter {
             queue, mut done, ..
@@ -237,7 +250,12 @@ fn resource() -> Resource {
 
 /// The task: batches of up to `batch` records, sent when full or `every` after the last
 /// send; when every sender is gone, the rest is sent and the task ends.
-async fn run(mut queue: mpsc::Receiver<Arc<Record>>, mut sink: Sink, settings: Settings) {
+async fn run(
+    mut queue: mpsc::Receiver<Arc<Record>>,
+    mut flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    mut sink: Sink,
+    settings: Settings,
+) {
     let mut batch: Vec<Arc<Record>> = Vec::with_capacity(settings.batch);
     let mut tick = tokio::time::interval_at(Instant::now() + settings.every, settings.every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -260,6 +278,18 @@ async fn run(mut queue: mpsc::Receiver<Arc<Record>>, mut sink: Sink, settings: S
                 if !batch.is_empty() {
                     sink.send(&mut batch).await;
                 }
+            }
+            Some(reply) = flushes.recv() => {
+                while let Ok(r) = queue.try_recv() {
+                    batch.push(r);
+                    if batch.len() >= settings.batch {
+                        sink.send(&mut batch).await;
+                    }
+                }
+                if !batch.is_empty() {
+                    sink.send(&mut batch).await;
+                }
+                let _ = reply.send(());
             }
         }
     }

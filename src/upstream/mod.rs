@@ -133,7 +133,7 @@ async fn send_h1(
             .as_ref()
             .and_then(|r| r.body().size_hint().upper())
             .is_some_and(|n| n <= REPLAY_MAX_BODY);
-        if small && conn.idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE) {
+        if small && u128::from(conn.idle_us) >= REPLAY_AFTER_IDLE.as_micros() {
             // Cold paths are boxed: they would otherwise grow every request's future by their
             // state.
             return Box::pin(async move {
