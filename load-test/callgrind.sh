@@ -4,10 +4,12 @@
 #
 #   load-test/callgrind.sh [BINARY]        # default target/release/scoregate
 #   CONNS=256 SECONDS_LOAD=8 load-test/callgrind.sh
+#   EXTRA_YAML='access_log: {path: /tmp/a.log}' load-test/callgrind.sh
 #
 # Starts two built-in scoring servers and the proxy (under callgrind, instrumentation off) on
 # system-picked loopback ports, warms up, counts only while `scoregate load` sends CONNS
 # keep-alive clients' requests for SECONDS_LOAD, and prints the instructions per request.
+# EXTRA_YAML's lines (optional) are added to the generated endpoint.yaml's top level.
 # Needs valgrind (Debian package valgrind). Leaves no process or file behind.
 set -euo pipefail
 
@@ -30,6 +32,7 @@ deployments:
   blue: {instances: [$blue]}
   green: {instances: [$green]}
 EOF
+[ -z "${EXTRA_YAML:-}" ] || printf '%s\n' "$EXTRA_YAML" >>"$tmp/endpoint.yaml"
 
 RUST_LOG=warn,scoregate::app=info valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$tmp/callgrind.out" "$bin" run --config "$tmp/endpoint.yaml" \

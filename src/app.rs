@@ -508,9 +508,16 @@ pub(crate) async fn demo(
          load-test/load_test.sh 20 {url}/score\n  \
          scoregate load --grpc {url} --duration 2s\n\n\
          Edit {file} (or copy a config/step-*.yaml over it) and traffic follows within a second;\n\
-         status page: http://{admin}/   metrics: http://{admin}/metrics\n\nCtrl-C stops the demo.",
+         status page: http://{admin}/   metrics: http://{admin}/metrics{log}\n\nCtrl-C stops the demo.",
         servers_text(&loaded.config),
         traffic_table(&loaded.config),
+        log = match &loaded.config.access_log {
+            Some(a) => format!(
+                "\naccess log: {path} (every answer carries x-request-id; find one: grep ID {path})",
+                path = a.path.display()
+            ),
+            None => String::new(),
+        },
         file = path.display(),
         admin = running.admin_listen,
         model = crate::scoring::MODEL_NAME,

@@ -546,3 +546,135 @@ async fn a_mirrored_request_names_its_copy_and_the_copy_logs_its_result() {
     assert_eq!(copy["trace_id"], live["trace_id"]);
     assert_eq!(green.seen()[0].headers["x-request-id"], "m-1");
 }
+
+#[tokio::test]
+async fn a_rest_request_over_http2_says_http2() {
+    let blue = Backend::start("blue").await;
+    let file = EndpointFile::new()
+        .extra("access_log: {path: access.log}")
+        .deployment("blue", &[blue.addr], Some(100))
+        .yaml();
+    let proxy = Proc::proxy(&file);
+    // HTTP/2 with prior knowledge (h2c), as tests/grpc.rs speaks it.
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let body = r#"{"inputs": [1]}"#;
+    let req = Request::post("http://scoring.example:8080/score?x=1")
+        .header("x-request-id", "h2-1")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("answer");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-request-id"], "h2-1");
+    let answer = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let all = json_lines(&log_path(&proxy, "access.log"), 1).await;
+    let l = line_of(&all, "h2-1");
+    assert_eq!(l["protocol"], "HTTP/2");
+    assert_eq!(l["method"], "POST");
+    assert_eq!(
+        l["path"], "/score",
+        "the path, without the authority or the query"
+    );
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["grpc_status"], Value::Null);
+    assert_eq!(l["deployment"], "blue");
+    assert_eq!(l["instance"], blue.addr.to_string());
+    assert_eq!(l["bytes_in"], body.len());
+    assert_eq!(l["bytes_out"], answer.len());
+    assert_eq!(l["completed"], true);
+}
+
+/// A backend that streams its answer as 10 chunks of `chunk;` (60 bytes) over `over`.
+async fn streaming(name: &str, over: Duration) -> Backend {
+    Backend::with(
+        name,
+        Behavior {
+            stream_for: over,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_streamed_answer_read_to_its_end_is_logged_once_whole() {
+    let slow = streaming("slow", Duration::from_millis(300)).await;
+    let file = EndpointFile::new()
+        .extra("access_log: {path: access.log}")
+        .deployment("slow", &[slow.addr], Some(100))
+        .yaml();
+    let proxy = Proc::proxy(&file);
+    let a = get(
+        &client(),
+        &proxy.url("/score"),
+        &[("x-request-id", "whole-1")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body.len(), 60, "{:?}", a.body);
+    let all = json_lines(&log_path(&proxy, "access.log"), 1).await;
+    let l = line_of(&all, "whole-1");
+    assert_eq!(l["completed"], true, "{l}");
+    assert_eq!(l["bytes_out"], 60, "{l}");
+    assert_eq!(l["status"], 200);
+    // The duration runs to the last byte, well after the head.
+    let (to_headers, total) = (ms(&l["duration_to_headers_ms"]), ms(&l["duration_ms"]));
+    assert!(total >= 250.0 && to_headers < total, "{l}");
+    assert_eq!(
+        all.iter().filter(|l| l["request_id"] == "whole-1").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_answer_is_logged_incomplete_with_what_it_was_sent() {
+    // One 6-byte chunk every 2 s: the answer would take 20 s.
+    let slow = streaming("slow", Duration::from_secs(20)).await;
+    let file = EndpointFile::new()
+        .extra("access_log: {path: access.log}")
+        .deployment("slow", &[slow.addr], Some(100))
+        .yaml();
+    let proxy = Proc::proxy(&file);
+    let path = log_path(&proxy, "access.log");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET /score HTTP/1.1\r\nhost: x\r\nx-request-id: gone-1\r\n\r\n")
+            .await
+            .expect("send");
+        // Read the head and the first chunk, then hang up.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(6).any(|w| w == b"chunk;") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .expect("the first chunk in time")
+                .expect("read");
+            assert!(n > 0, "closed before the first chunk: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    }
+    // Noticed at the next chunks, long before the instance would have ended its answer.
+    let all = json_lines(&path, 1).await;
+    let l = line_of(&all, "gone-1");
+    assert_eq!(l["completed"], false, "{l}");
+    let sent = l["bytes_out"].as_u64().expect("bytes_out");
+    assert!((6..60).contains(&sent), "{sent} of 60 bytes: {l}");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["deployment"], "slow");
+    assert!(ms(&l["duration_ms"]) < 15_000.0, "{l}");
+}

@@ -592,3 +592,221 @@ async fn a_stream_may_pause_longer_than_the_request_timeout() {
     let last = answers.next().await.expect("the last message").expect("ok");
     assert_eq!(last.id, "call-4");
 }
+
+// === The access log of gRPC calls ===
+
+/// Waits up to 5 s for the proxy's `access.log` (beside its endpoint file) to hold a line for
+/// each of `ids`, and returns those lines, in the order of `ids`.
+async fn logged(proxy: &Proc, ids: &[&str]) -> Vec<serde_json::Value> {
+    let path = proxy
+        .config
+        .as_ref()
+        .and_then(|c| c.parent())
+        .expect("endpoint file dir")
+        .join("access.log");
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let has_all = |all: &[serde_json::Value]| {
+        ids.iter()
+            .all(|id| all.iter().any(|l| l["request_id"] == *id))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !has_all(&read()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line for some of {ids:?} in 5 s; {}:\n{:#?}",
+            path.display(),
+            read()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = read();
+    ids.iter()
+        .map(|id| {
+            let mut of_id = all.iter().filter(|l| l["request_id"] == *id);
+            let line = of_id.next().expect("waited for").clone();
+            assert!(of_id.next().is_none(), "{id} logged twice: {all:#?}");
+            line
+        })
+        .collect()
+}
+
+/// A ModelInfer call carrying `x-request-id` (and the pin, when given) as metadata.
+fn call_with_id(id: &str, pin: Option<&str>) -> tonic::Request<ModelInferRequest> {
+    let mut req = tonic::Request::new(infer());
+    req.metadata_mut()
+        .insert("x-request-id", id.parse().expect("value"));
+    if let Some(p) = pin {
+        req.metadata_mut()
+            .insert("x-api-version", p.parse().expect("value"));
+    }
+    req
+}
+
+fn metadata_id(meta: &tonic::metadata::MetadataMap) -> Option<&str> {
+    meta.get("x-request-id").and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_logged_with_its_method_its_grpc_status_and_the_clients_request_id() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    // The built-in scoring server failing every call with INTERNAL.
+    let broken = Proc::score_server(
+        "broken",
+        &["--grpc-listen", "127.0.0.1:0", "--error-rate", "1.0"],
+    );
+    let broken_grpc = broken.logged_addr("gRPC scoring server listening");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\naccess_log: {{path: access.log}}\ntraffic: {{blue: 100}}\ndeployments:\n  blue:\n    grpc_instances: [{blue}]\n  broken:\n    grpc_instances: [{broken_grpc}]\n"
+    );
+    let proxy = Proc::proxy(&yaml);
+    let mut c = client(&proxy).await;
+
+    // Answered: the client's id comes back as metadata.
+    let ok = c
+        .model_infer(call_with_id("grpc-ok-1", None))
+        .await
+        .expect("call");
+    assert_eq!(answered_by(&ok), "blue");
+    assert_eq!(metadata_id(ok.metadata()), Some("grpc-ok-1"));
+    // Without an id: one is made and sent back.
+    let made = c.model_infer(infer()).await.expect("call");
+    let made_id = metadata_id(made.metadata()).expect("a made id").to_string();
+    assert!(is_uuid_v4(&made_id), "{made_id:?}");
+    // Refused by the proxy: an unknown pin.
+    let pin = c
+        .model_infer(call_with_id("grpc-bad-pin", Some("purple")))
+        .await
+        .expect_err("unknown pin");
+    assert_eq!(pin.code(), Code::InvalidArgument);
+    assert_eq!(metadata_id(pin.metadata()), Some("grpc-bad-pin"));
+    // Failed by the instance.
+    let failed = c
+        .model_infer(call_with_id("grpc-broken-1", Some("broken")))
+        .await
+        .expect_err("the instance fails every call");
+    assert_eq!(failed.code(), Code::Internal);
+    assert_eq!(metadata_id(failed.metadata()), Some("grpc-broken-1"));
+
+    let lines = logged(
+        &proxy,
+        &["grpc-ok-1", &made_id, "grpc-bad-pin", "grpc-broken-1"],
+    )
+    .await;
+    let l = &lines[0];
+    assert_eq!(l["type"], "live");
+    assert_eq!(l["protocol"], "gRPC");
+    assert_eq!(l["method"], "POST");
+    assert_eq!(l["path"], "/inference.GRPCInferenceService/ModelInfer");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["grpc_status"], 0);
+    assert_eq!(l["deployment"], "blue");
+    assert_eq!(l["instance"], blue.to_string());
+    assert_eq!(l["route"], "weighted");
+    assert_eq!(l["error"], serde_json::Value::Null);
+    assert_eq!(l["completed"], true);
+    // Length-prefixed messages: 5 bytes of frame header each way, then the message.
+    let sent = prost::Message::encoded_len(&infer()) + 5;
+    let received = prost::Message::encoded_len(ok.get_ref()) + 5;
+    assert_eq!(
+        (l["bytes_in"].as_u64(), l["bytes_out"].as_u64()),
+        (Some(sent as u64), Some(received as u64)),
+        "{l}"
+    );
+
+    let m = &lines[1];
+    assert_eq!(
+        (m["protocol"].as_str(), m["grpc_status"].as_u64()),
+        (Some("gRPC"), Some(0))
+    );
+    assert_eq!(m["deployment"], "blue");
+
+    let p = &lines[2];
+    assert_eq!(
+        (p["grpc_status"].as_u64(), p["error"].as_str()),
+        (Some(3), Some("unknown_pin"))
+    );
+    assert_eq!(p["protocol"], "gRPC");
+    assert_eq!(p["path"], "/inference.GRPCInferenceService/ModelInfer");
+    assert_eq!(
+        (&p["deployment"], &p["instance"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null)
+    );
+
+    let b = &lines[3];
+    assert_eq!(
+        b["grpc_status"], 13,
+        "INTERNAL, as the instance answered: {b}"
+    );
+    assert_eq!(b["deployment"], "broken");
+    assert_eq!(b["instance"], broken_grpc.to_string());
+    assert_eq!(b["route"], "pinned");
+    assert_eq!(
+        b["error"],
+        serde_json::Value::Null,
+        "the instance answered: {b}"
+    );
+    assert_eq!(b["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_the_proxy_refuses_is_logged_with_the_http_status_it_was_sent() {
+    let blue = model_server("blue", Duration::ZERO).await;
+    let green = model_server("green", Duration::ZERO).await;
+    let proxy = Proc::proxy(&file(
+        blue,
+        green,
+        100,
+        0,
+        "access_log: {path: access.log}\n",
+    ));
+    // A raw HTTP/2 client, to see the answer's HTTP status.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (h2c, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.expect("ready");
+    let req = http::Request::post(format!(
+        "http://{}/inference.GRPCInferenceService/ModelInfer",
+        proxy.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("x-api-version", "purple")
+    .header("x-request-id", "raw-bad-pin")
+    .body(())
+    .expect("request");
+    let (response, mut stream) = h2c.send_request(req, false).expect("open the call");
+    let msg = prost::Message::encode_to_vec(&infer());
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    stream
+        .send_data(bytes::Bytes::from(frame), true)
+        .expect("send the message");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    // A trailers-only gRPC answer: HTTP 200 with the gRPC status in its headers.
+    assert_eq!(response.headers()["grpc-status"], "3");
+    assert_eq!(response.headers()["x-request-id"], "raw-bad-pin");
+    let sent = response.status().as_u16();
+    assert_eq!(sent, 200);
+    let l = &logged(&proxy, &["raw-bad-pin"]).await[0];
+    assert_eq!(
+        (l["grpc_status"].as_u64(), l["error"].as_str()),
+        (Some(3), Some("unknown_pin"))
+    );
+    assert_eq!(
+        l["status"].as_u64(),
+        Some(u64::from(sent)),
+        "the log names the HTTP status the client got: {l}"
+    );
+}

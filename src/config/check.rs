@@ -969,10 +969,12 @@ fn check_access_log(
     };
     let mut warning = None;
     let path = match &a.path {
+        // A misspelt `path` was reported with its suggestion.
+        None if a.suggested.contains(&"path") => None,
         None => {
             errors.push(at(
                 *key,
-                "access_log needs `path:` (a file, or - for standard output)",
+                "access_log needs `path:` (a file, or \"-\" for standard output)",
             ));
             None
         }

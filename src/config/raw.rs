@@ -136,6 +136,8 @@ pub(crate) struct RawCompare {
 #[derive(Debug, Default)]
 pub(crate) struct RawAccessLog {
     pub path: Option<Setting<String>>,
+    /// Keys suggested for unknown keys: a missing one is already explained.
+    pub suggested: Vec<&'static str>,
     pub format: Option<Setting<String>>,
     pub sample: Option<Setting<f64>>,
     pub log_query: Option<Setting<bool>>,
@@ -678,7 +680,10 @@ impl Reader {
     fn access_log(&mut self, node: &Node, path: &str) -> Option<RawAccessLog> {
         let entries = self.map(node, path, "access log settings: a mapping with `path:`")?;
         let known = self.known(entries, path, &ACCESS_LOG);
-        let mut a = RawAccessLog::default();
+        let mut a = RawAccessLog {
+            suggested: known.suggested,
+            ..RawAccessLog::default()
+        };
         for (key, k, v) in known.found {
             let path = child(path, key);
             match key {

@@ -114,11 +114,13 @@ impl Proxy {
                     respond::answered(&table, index, resp, pinned, trip.start)
                 }
                 Err((err, dep)) => {
-                    let (status, grpc_status) =
-                        (err.status().as_u16(), grpc.then(|| err.grpc_code()));
+                    let resp = respond::refused(&table, &err, dep, pinned, grpc, trip.start);
+                    // The status sent: 200 for a gRPC call, whose error is its grpc-status.
+                    let status = resp.status().as_u16();
+                    let grpc_status = grpc.then(|| err.grpc_code());
                     trip.answered(status, grpc_status, Some(err.kind()));
                     proxy.failed(&table, &trip, dep, status, grpc_status, Some(err.kind()));
-                    respond::refused(&table, &err, dep, pinned, grpc, trip.start)
+                    resp
                 }
             };
             let id = std::mem::replace(&mut trip.request_id, HeaderValue::from_static(""));

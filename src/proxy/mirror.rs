@@ -61,7 +61,7 @@ impl Mirroring {
         grpc: bool,
         trip: &mut Trip,
     ) -> Option<Box<LiveTap>> {
-        let (tee, tap) = self.start(table, req, grpc, trip.record.as_mut());
+        let (tee, tap) = self.start(table, req, grpc, trip.record.as_deref_mut());
         req.body_mut().set_tee(tee);
         tap
     }

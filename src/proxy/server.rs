@@ -134,7 +134,9 @@ impl Guarded {
                 hyper::body::Body::is_end_stream(&self.body).then_some(true)
             }
         };
-        if let (Some(completed), Some(done)) = (ended, self.done.take()) {
+        if let Some(completed) = ended
+            && let Some(done) = self.done.take()
+        {
             done.end(completed);
         }
     }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
+use http::header::Entry;
 use http::{HeaderName, HeaderValue, Request, Version};
 use hyper::body::Incoming;
 use rand::RngExt;
 
 use crate::body::Progress;
 use crate::routing::{Choice, Table};
-use crate::telemetry::{Kind, Protocol, Record, Route, TraceContext, new_request_id};
+use crate::telemetry::{Kind, Protocol, Record, Route, TraceContext, new_request_id, with_id_rng};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -24,8 +25,9 @@ const MAX_REQUEST_ID: usize = 200;
 pub(crate) struct Trip {
     /// Sent back to the client.
     pub(crate) request_id: HeaderValue,
-    /// `Some` when the table logs or exports spans.
-    pub(crate) record: Option<Record>,
+    /// `Some` when the table logs or exports spans (boxed: a request without keeps the trip
+    /// small).
+    pub(crate) record: Option<Box<Record>>,
     /// When the request arrived.
     pub(crate) start: Instant,
     /// The request body's progress (bytes read), when it has a body.
@@ -44,50 +46,65 @@ impl Trip {
         grpc: bool,
         start: Instant,
     ) -> Box<Trip> {
-        let mut rng = rand::rng();
-        let headers = req.headers_mut();
-        let request_id = match headers.get(&X_REQUEST_ID) {
-            Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => v.clone(),
-            _ => {
-                let id = new_request_id(&mut rng);
-                headers.insert(X_REQUEST_ID.clone(), id.clone());
-                id
-            }
-        };
-        let trace = TraceContext::continue_or_start(
-            headers.get(&TRACEPARENT),
-            table.telemetry.otlp.is_some(),
-            &mut rng,
-        );
-        headers.insert(TRACEPARENT.clone(), trace.traceparent());
-        let record = table.telemetry.on().then(|| Record {
-            kind: Kind::Live,
-            start: SystemTime::now(),
-            request_id: request_id.clone(),
-            trace,
-            client,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            protocol: match req.version() {
-                _ if grpc => Protocol::Grpc,
-                Version::HTTP_2 => Protocol::Http2,
-                Version::HTTP_10 => Protocol::Http10,
-                _ => Protocol::Http11,
-            },
-            status: 0,
-            grpc_status: None,
-            deployment: None,
-            instance: None,
-            route: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            to_headers: Default::default(),
-            duration: Default::default(),
-            connect: None,
-            retried: false,
-            mirrored: Vec::new(),
-            error: None,
-            completed: false,
+        let sample_new = table.telemetry.otlp.is_some();
+        let (request_id, trace) = with_id_rng(|rng| {
+            let headers = req.headers_mut();
+            // One lookup each: the entry is read, and written when replaced.
+            let request_id = match headers.entry(&X_REQUEST_ID) {
+                Entry::Occupied(e) if !e.get().is_empty() && e.get().len() <= MAX_REQUEST_ID => {
+                    e.get().clone()
+                }
+                Entry::Occupied(mut e) => {
+                    let id = new_request_id(rng);
+                    e.insert(id.clone());
+                    id
+                }
+                Entry::Vacant(e) => e.insert(new_request_id(rng)).clone(),
+            };
+            let trace = match headers.entry(&TRACEPARENT) {
+                Entry::Occupied(mut e) => {
+                    let t = TraceContext::continue_or_start(Some(e.get()), sample_new, rng);
+                    e.insert(t.traceparent());
+                    t
+                }
+                Entry::Vacant(e) => {
+                    let t = TraceContext::continue_or_start(None, sample_new, rng);
+                    e.insert(t.traceparent());
+                    t
+                }
+            };
+            (request_id, trace)
+        });
+        let record = table.telemetry.on().then(|| {
+            Box::new(Record {
+                kind: Kind::Live,
+                start: SystemTime::now(),
+                request_id: request_id.clone(),
+                trace,
+                client,
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                protocol: match req.version() {
+                    _ if grpc => Protocol::Grpc,
+                    Version::HTTP_2 => Protocol::Http2,
+                    Version::HTTP_10 => Protocol::Http10,
+                    _ => Protocol::Http11,
+                },
+                status: 0,
+                grpc_status: None,
+                deployment: None,
+                instance: None,
+                route: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                to_headers: Default::default(),
+                duration: Default::default(),
+                connect: None,
+                retried: false,
+                mirrored: Vec::new(),
+                error: None,
+                completed: false,
+            })
         });
         Box::new(Trip {
             request_id,
@@ -143,7 +160,7 @@ impl Completion {
 
     /// The record, to count bytes and see trailers as the body streams.
     pub(crate) fn record(&mut self) -> Option<&mut Record> {
-        self.trip.record.as_mut()
+        self.trip.record.as_deref_mut()
     }
 
     /// The answer ended (`completed`: at its last byte): the record goes to the access log
@@ -157,7 +174,7 @@ impl Completion {
         if let Some(p) = &self.trip.progress {
             r.bytes_in = p.bytes.load(Ordering::Relaxed);
         }
-        hand_on(&self.table, r);
+        hand_on(&self.table, *r);
     }
 }
 

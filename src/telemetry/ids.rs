@@ -2,8 +2,28 @@
 //! client's `x-request-id` or gets a UUIDv4; a valid `traceparent` is continued (same trace, the
 //! proxy's span as the new parent), anything else starts a trace.
 
+use std::cell::RefCell;
+
+use bytes::Bytes;
 use http::HeaderValue;
-use rand::{Rng, RngExt};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+thread_local! {
+    /// Ids need to be unique, not secret: a fast generator per thread, seeded from the
+    /// operating system's (as OpenTelemetry's SDK makes its ids).
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
+/// Runs `f` with this thread's id generator.
+pub(crate) fn with_id_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
+    IDS.with(|r| f(&mut r.borrow_mut()))
+}
+
+/// A header value over `text` (visible ASCII) in one allocation, whose clones share it.
+fn shared_value<const N: usize>(text: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(text)).unwrap_or(HeaderValue::from_static("-"))
+}
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -28,8 +48,8 @@ pub(crate) fn new_request_id<R: Rng + ?Sized>(rng: &mut R) -> HeaderValue {
     let bytes: [u8; 16] = rng.random();
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
+    uuid.hyphenated().encode_lower(&mut buf);
+    shared_value(buf)
 }
 
 /// The trace a request belongs to and the proxy's own span in it.
@@ -91,7 +111,7 @@ impl TraceContext {
         hex_into(&self.trace_id, &mut buf[3..35]);
         hex_into(&self.span_id, &mut buf[36..52]);
         hex_into(&[self.flags], &mut buf[53..55]);
-        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+        shared_value(buf)
     }
 }
 

@@ -12,6 +12,6 @@ mod record;
 
 pub(crate) use access_log::{Format, LineOptions, Writer};
 pub(crate) use failures::{FailedRequest, FailedRequests};
-pub(crate) use ids::{TraceContext, new_request_id};
+pub(crate) use ids::{TraceContext, new_request_id, with_id_rng};
 pub(crate) use otlp::Exporter;
 pub(crate) use record::{Kind, Protocol, Record, Route};
