@@ -183,7 +183,7 @@ fn copy_record(
             r.error = Some(e.kind());
         }
     }
-    super::trip::hand_on(table, *r);
+    super::trip::hand_on(table, r);
 }
 
 fn dropped(mirror: &Mirror, reason: MirrorDrop) {

@@ -32,6 +32,8 @@ pub(crate) struct Trip {
     pub(crate) start: Instant,
     /// The request body's progress (bytes read), when it has a body.
     pub(crate) progress: Option<Arc<Progress>>,
+    /// The table whose access log and exporter get the record (set when the answer starts).
+    table: Option<Arc<Table>>,
 }
 
 // === impl Trip ===
@@ -76,7 +78,7 @@ impl Trip {
             (request_id, trace)
         });
         let record = table.telemetry.on().then(|| {
-            Box::new(Record {
+            let record = Record {
                 kind: Kind::Live,
                 start: SystemTime::now(),
                 request_id: request_id.clone(),
@@ -104,13 +106,15 @@ impl Trip {
                 mirrored: Vec::new(),
                 error: None,
                 completed: false,
-            })
+            };
+            Box::new(record)
         });
         Box::new(Trip {
             request_id,
             record,
             start,
             progress: None,
+            table: None,
         })
     }
 
@@ -146,55 +150,50 @@ impl Trip {
 }
 
 /// A request's record on its way to the access log and the span exporter, completed by the
-/// answer's body.
-pub(crate) struct Completion {
-    trip: Box<Trip>,
-    table: Arc<Table>,
-}
+/// answer's body. One pointer: it is held by every answer's body.
+pub(crate) struct Completion(Box<Trip>);
 
 impl Completion {
     /// `None` when nothing is logged or exported.
-    pub(crate) fn new(trip: Box<Trip>, table: Arc<Table>) -> Option<Completion> {
-        trip.record.is_some().then_some(Completion { trip, table })
+    pub(crate) fn new(mut trip: Box<Trip>, table: Arc<Table>) -> Option<Completion> {
+        trip.record.as_ref()?;
+        trip.table = Some(table);
+        Some(Completion(trip))
     }
 
     /// The record, to count bytes and see trailers as the body streams.
     pub(crate) fn record(&mut self) -> Option<&mut Record> {
-        self.trip.record.as_deref_mut()
+        self.0.record.as_deref_mut()
     }
 
     /// The answer ended (`completed`: at its last byte): the record goes to the access log
     /// (when sampled, or an error) and the exporter (when the trace is sampled).
     pub(crate) fn end(mut self, completed: bool) {
-        let Some(mut r) = self.trip.record.take() else {
+        let (Some(mut r), Some(table)) = (self.0.record.take(), self.0.table.take()) else {
             return;
         };
-        r.duration = self.trip.start.elapsed();
+        r.duration = self.0.start.elapsed();
         r.completed = completed;
-        if let Some(p) = &self.trip.progress {
+        if let Some(p) = &self.0.progress {
             r.bytes_in = p.bytes.load(Ordering::Relaxed);
         }
-        hand_on(&self.table, *r);
+        hand_on(&table, r);
     }
 }
 
 /// Hands a finished record to the access log (when sampled, or an error) and the exporter
 /// (when its trace is sampled).
-pub(crate) fn hand_on(table: &Table, r: Record) {
+pub(crate) fn hand_on(table: &Table, r: Box<Record>) {
     let t = &table.telemetry;
     let log = t
         .log
         .as_ref()
         .filter(|l| l.sample >= 1.0 || r.is_error() || rand::rng().random::<f64>() < l.sample);
     let export = t.otlp.as_ref().filter(|_| r.trace.sampled());
-    if log.is_none() && export.is_none() {
-        return;
-    }
-    let r = Arc::new(r);
-    if let Some(e) = export {
-        e.export(r.clone());
-    }
     if let Some(l) = log {
-        l.writer.log(r, l.options);
+        l.writer.log(&r, l.options);
+    }
+    if let Some(e) = export {
+        e.export(Arc::from(r));
     }
 }

@@ -87,6 +87,8 @@ pub(crate) struct LineOptions {
 
 /// Appends `record` as one line, ending in `\n`, to `out`.
 pub(crate) fn write_line(record: &Record, opts: LineOptions, out: &mut Vec<u8>) {
+    // A line is about 500 bytes: one growth check instead of one per field.
+    out.reserve(768);
     match opts.format {
         Format::Json => json_line(record, opts.log_query, out),
         Format::Text => text_line(record, opts.log_query, out),
@@ -129,30 +131,46 @@ fn shadow_result(kind: Kind) -> Option<&'static str> {
 }
 
 /// RFC 3339, UTC, milliseconds. humantime panics before 1970 and fails from the year 10000:
-/// the time is kept between the two.
+/// the time is kept between the two. The text up to the second is made once a second and
+/// kept (as nginx keeps its formatted time).
 fn put_time(t: SystemTime, out: &mut Vec<u8>) {
     const LAST: Duration = Duration::from_millis(253_402_300_799_999);
     let last = UNIX_EPOCH.checked_add(LAST).unwrap_or(UNIX_EPOCH);
     let t = t.clamp(UNIX_EPOCH, last);
-    let mark = out.len();
-    if write!(out, "{}", humantime::format_rfc3339_millis(t)).is_err() {
-        out.truncate(mark);
-        out.extend_from_slice(b"1970-01-01T00:00:00.000Z");
-    }
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    SECOND.with(|cached| {
+        let (at, mut text) = cached.get();
+        if at != secs || text[0] == 0 {
+            // `2026-12-03T07:40:43Z`: the seconds' text, without the `Z`.
+            let whole = UNIX_EPOCH + Duration::from_secs(secs);
+            let mut buf = Vec::with_capacity(24);
+            if write!(buf, "{}", humantime::format_rfc3339_seconds(whole)).is_err()
+                || buf.len() != 20
+            {
+                buf = b"1970-01-01T00:00:00Z".to_vec();
+            }
+            text.copy_from_slice(&buf[..19]);
+            cached.set((secs, text));
+        }
+        out.extend_from_slice(&text);
+    });
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
 }
 
-fn put_u64(mut n: u64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+thread_local! {
+    /// The last second formatted (Unix seconds, `YYYY-MM-DDTHH:MM:SS`).
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((0, [0; 19])) };
+}
+
+fn put_u64(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Milliseconds with three decimals (rounded to the microsecond).
@@ -243,13 +261,6 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-fn json_opt_str(s: Option<&str>, out: &mut Vec<u8>) {
-    match s {
-        Some(s) => json_str(s, out),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 fn json_line(r: &Record, log_query: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     put_time(r.start, out);
@@ -273,11 +284,11 @@ fn json_line(r: &Record, log_query: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"client\":\"");
     put_client(&r.client, out);
     out.extend_from_slice(b"\",\"method\":");
-    json_str(r.method.as_str(), out);
+    json_known(r.method.as_str(), out);
     out.extend_from_slice(b",\"path\":");
     json_str(target(r, log_query), out);
     out.extend_from_slice(b",\"protocol\":");
-    json_str(r.protocol.label(), out);
+    json_known(r.protocol.label(), out);
     out.extend_from_slice(b",\"status\":");
     put_u64(u64::from(r.status), out);
     out.extend_from_slice(b",\"grpc_status\":");
@@ -286,11 +297,11 @@ fn json_line(r: &Record, log_query: bool, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"deployment\":");
-    json_opt_str(r.deployment.as_deref(), out);
+    json_opt_known(r.deployment.as_deref(), out);
     out.extend_from_slice(b",\"instance\":");
-    json_opt_str(r.instance.as_deref(), out);
+    json_opt_known(r.instance.as_deref(), out);
     out.extend_from_slice(b",\"route\":");
-    json_opt_str(r.route.map(|x| x.label()), out);
+    json_opt_known(r.route.map(|x| x.label()), out);
     out.extend_from_slice(b",\"bytes_in\":");
     put_u64(r.bytes_in, out);
     out.extend_from_slice(b",\"bytes_out\":");
@@ -311,15 +322,37 @@ fn json_line(r: &Record, log_query: bool, out: &mut Vec<u8>) {
         if i > 0 {
             out.push(b',');
         }
-        json_str(m, out);
+        json_known(m, out);
     }
     out.extend_from_slice(b"],\"shadow_result\":");
-    json_opt_str(shadow_result(r.kind), out);
+    json_opt_known(shadow_result(r.kind), out);
     out.extend_from_slice(b",\"error\":");
-    json_opt_str(r.error, out);
+    json_opt_known(r.error, out);
     out.extend_from_slice(b",\"completed\":");
     put_bool(r.completed, out);
     out.extend_from_slice(b"}\n");
+}
+
+/// A string that needs no escaping, as JSON: a fixed label, an HTTP method (a token: no `"`,
+/// `\\` or control character), or a name or address from the endpoint file (checked when it
+/// was read). Anything else goes through [`json_str`]; so does this, should the rule break.
+fn json_known(s: &str, out: &mut Vec<u8>) {
+    if s.bytes()
+        .all(|b| b > 0x20 && b != b'"' && b != b'\\' && b != 0x7f)
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        json_str(s, out);
+    }
+}
+
+fn json_opt_known(s: Option<&str>, out: &mut Vec<u8>) {
+    match s {
+        Some(s) => json_known(s, out),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// One text field: bytes that are not visible ASCII, and `"` and `\`, as `\xHH`; `-` when
@@ -422,9 +455,13 @@ fn text_line(r: &Record, log_query: bool, out: &mut Vec<u8>) {
 
 // === the writer ===
 
+/// Line buffers kept for reuse.
+const SPARE_LINES: usize = 1024;
+
 /// What the writer thread is sent.
 enum Item {
-    Line(Arc<Record>, LineOptions),
+    /// One formatted line (its buffer goes back to `spare` once copied).
+    Line(Vec<u8>),
     /// Wakes the thread to act on the reopen flag.
     Wake,
     /// Answered once every line queued before it is written (or dropped).
@@ -436,6 +473,9 @@ enum Item {
 pub(crate) struct Writer {
     path: PathBuf,
     tx: SyncSender<Item>,
+    /// Line buffers back from the writer thread, for the next lines: an allocation made on
+    /// one thread and freed on another misses the allocator's per-thread cache both ways.
+    spare: Arc<crossbeam_queue::ArrayQueue<Vec<u8>>>,
     reopen: Arc<AtomicBool>,
     queue_full: IntCounter,
     write_error: IntCounter,
@@ -466,6 +506,7 @@ impl Writer {
         let writer = Writer {
             path,
             tx,
+            spare: Arc::new(crossbeam_queue::ArrayQueue::new(SPARE_LINES)),
             reopen: Arc::new(AtomicBool::new(false)),
             queue_full: metrics.log_dropped_queue_full.clone(),
             write_error: metrics.log_dropped_write_error.clone(),
@@ -477,6 +518,7 @@ impl Writer {
         let worker = Worker {
             path: self.path.clone(),
             rx,
+            spare: self.spare.clone(),
             reopen: self.reopen.clone(),
             metrics,
             sink: Sink::Closed,
@@ -504,12 +546,26 @@ impl Writer {
 
     /// Queues `record` to be written; never blocks nor makes a syscall (unless the thread is
     /// idle and waiting). A full queue drops it (`log_dropped_queue_full`).
-    pub(crate) fn log(&self, record: Arc<Record>, opts: LineOptions) {
-        match self.tx.try_send(Item::Line(record, opts)) {
+    pub(crate) fn log(&self, record: &Record, opts: LineOptions) {
+        // Formatted here, into a buffer the writer gave back: nothing the request holds (its
+        // head's bytes, its ids) is kept past it, and no allocation crosses threads.
+        let mut line = self.spare.pop().unwrap_or_default();
+        write_line(record, opts, &mut line);
+        match self.tx.try_send(Item::Line(line)) {
             Ok(()) => {}
+            Err(TrySendError::Full(Item::Line(line))) => {
+                self.queue_full.inc();
+                self.give_back(line);
+            }
             Err(TrySendError::Full(_)) => self.queue_full.inc(),
             Err(TrySendError::Disconnected(_)) => self.write_error.inc(),
         }
+    }
+
+    /// A line buffer back to `spare`, emptied.
+    fn give_back(&self, mut line: Vec<u8>) {
+        line.clear();
+        let _ = self.spare.push(line);
     }
 
     /// Reopens the file (SIGUSR1, as nginx): lines written after go to the file at the path,
@@ -559,6 +615,8 @@ enum Sink {
 struct Worker {
     path: PathBuf,
     rx: Receiver<Item>,
+    /// Where line buffers go back once copied.
+    spare: Arc<crossbeam_queue::ArrayQueue<Vec<u8>>>,
     reopen: Arc<AtomicBool>,
     metrics: TelemetryMetrics,
     sink: Sink,
@@ -660,16 +718,18 @@ impl Worker {
 
     fn take(&mut self, item: Item) {
         match item {
-            Item::Line(record, opts) => {
+            Item::Line(mut line) => {
                 if matches!(self.sink, Sink::Closed) {
                     self.metrics.log_dropped_write_error.inc();
-                    return;
+                } else {
+                    self.buf.extend_from_slice(&line);
+                    self.lines += 1;
+                    if self.buf.len() >= WRITE_AT {
+                        self.write_out();
+                    }
                 }
-                write_line(&record, opts, &mut self.buf);
-                self.lines += 1;
-                if self.buf.len() >= WRITE_AT {
-                    self.write_out();
-                }
+                line.clear();
+                let _ = self.spare.push(line);
             }
             Item::Wake => {}
             Item::Flush(ack) => {
@@ -1139,10 +1199,10 @@ mod tests {
         Metrics::new().telemetry.clone()
     }
 
-    fn rec(id: &str) -> Arc<Record> {
+    fn rec(id: &str) -> Box<Record> {
         let mut r = sample_record();
         r.request_id = HeaderValue::from_str(id).expect("id");
-        Arc::new(r)
+        Box::new(r)
     }
 
     /// Polls `done` every 5 ms for at most 5 s.
@@ -1179,7 +1239,7 @@ mod tests {
         let w = Writer::open(path.clone(), m.clone());
         assert_eq!(w.path(), path);
         for i in 0..10_000 {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
         }
         wait_until("10,000 lines", || m.log_written.get() == 10_000);
         let ids = ids_in(&path);
@@ -1203,7 +1263,7 @@ mod tests {
         let mut sent = 0u64;
         let mut send = |n: u64| {
             for _ in 0..n {
-                w.log(rec(&format!("r{sent}")), json_opts());
+                w.log(&rec(&format!("r{sent}")), json_opts());
                 sent += 1;
             }
         };
@@ -1252,7 +1312,7 @@ mod tests {
         let w = Writer::open(PathBuf::from("/dev/full"), m.clone());
         let t0 = Instant::now();
         for i in 0..10_000 {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
         }
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
         wait_until("the lines counted dropped", || {
@@ -1270,14 +1330,14 @@ mod tests {
         let m = metrics();
         let w = Writer::open(path.clone(), m.clone());
         for i in 0..10 {
-            w.log(rec(&format!("lost{i}")), json_opts());
+            w.log(&rec(&format!("lost{i}")), json_opts());
         }
         wait_until("dropped lines", || m.log_dropped_write_error.get() == 10);
         std::fs::create_dir(&sub).expect("mkdir");
         let t0 = Instant::now();
         let mut i = 0;
         wait_until("lines again", || {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
             i += 1;
             m.log_written.get() > 0
         });
@@ -1295,7 +1355,7 @@ mod tests {
         let m = metrics();
         let w = Writer::open(plain.join("access.log"), m.clone());
         for i in 0..5 {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
         }
         wait_until("dropped lines", || m.log_dropped_write_error.get() == 5);
         assert_eq!(m.log_written.get(), 0);
@@ -1308,7 +1368,7 @@ mod tests {
         let m = metrics();
         let (w, rx) = Writer::unstarted(path.clone(), &m, 2);
         for i in 0..3 {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
         }
         assert_eq!(m.log_dropped_queue_full.get(), 1);
         w.start(rx, m.clone());
@@ -1323,7 +1383,7 @@ mod tests {
         let m = metrics();
         let w = Writer::open(path.clone(), m.clone());
         for i in 0..5_000 {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
         }
         drop(w);
         wait_until("the queue written", || m.log_written.get() == 5_000);
@@ -1337,7 +1397,7 @@ mod tests {
         let m = metrics();
         let w = Writer::open(path.clone(), m.clone());
         for i in 0..100 {
-            w.log(rec(&format!("r{i}")), json_opts());
+            w.log(&rec(&format!("r{i}")), json_opts());
         }
         assert!(w.flush(Duration::from_secs(5)));
         assert_eq!(m.log_written.get(), 100);

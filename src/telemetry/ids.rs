@@ -25,12 +25,22 @@ fn shared_value<const N: usize>(text: [u8; N]) -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from_owner(text)).unwrap_or(HeaderValue::from_static("-"))
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The two lowercase hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [digits[i >> 4], digits[i & 0xf]];
+        i += 1;
+    }
+    t
+};
 
+/// Writes the hex of `bytes` into `out` (twice as long).
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -45,7 +55,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// A new request id: a random UUID (version 4), lowercase and hyphenated.
 pub(crate) fn new_request_id<R: Rng + ?Sized>(rng: &mut R) -> HeaderValue {
-    let bytes: [u8; 16] = rng.random();
+    // Two words, not sixteen bytes drawn one by one.
+    let bytes = rng.random::<u128>().to_le_bytes();
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid.hyphenated().encode_lower(&mut buf);
@@ -84,7 +95,7 @@ impl TraceContext {
             },
             None => {
                 let trace_id = loop {
-                    let t: [u8; 16] = rng.random();
+                    let t = rng.random::<u128>().to_le_bytes();
                     if t != [0; 16] {
                         break t;
                     }
@@ -117,7 +128,7 @@ impl TraceContext {
 
 fn nonzero<R: Rng + ?Sized>(rng: &mut R) -> [u8; 8] {
     loop {
-        let s: [u8; 8] = rng.random();
+        let s = rng.random::<u64>().to_le_bytes();
         if s != [0; 8] {
             return s;
         }
