@@ -100,12 +100,25 @@ pub(crate) fn write_line(record: &Record, opts: LineOptions, out: &mut Vec<u8>) 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// The path, with the query when `log_query`.
+/// Longest path (with its query) logged: a line stays small whatever a client sends, so the
+/// queue's memory stays bounded (16,384 lines of at most about 3 KiB).
+const MAX_LOGGED_TARGET: usize = 2048;
+
+/// The path, with the query when `log_query`, cut to [`MAX_LOGGED_TARGET`] bytes (at a
+/// character boundary).
 fn target(record: &Record, log_query: bool) -> &str {
-    match record.uri.path_and_query() {
+    let t = match record.uri.path_and_query() {
         Some(pq) if log_query => pq.as_str(),
         _ => record.uri.path(),
+    };
+    if t.len() <= MAX_LOGGED_TARGET {
+        return t;
     }
+    let mut end = MAX_LOGGED_TARGET;
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    &t[..end]
 }
 
 /// A header value as text: as is when visible ASCII, else lossy UTF-8.
@@ -457,6 +470,8 @@ fn text_line(r: &Record, log_query: bool, out: &mut Vec<u8>) {
 
 /// Line buffers kept for reuse.
 const SPARE_LINES: usize = 1024;
+/// A buffer grown past this (a long line) is not kept.
+const SPARE_MAX_BYTES: usize = 4096;
 
 /// What the writer thread is sent.
 enum Item {
@@ -564,8 +579,10 @@ impl Writer {
 
     /// A line buffer back to `spare`, emptied.
     fn give_back(&self, mut line: Vec<u8>) {
-        line.clear();
-        let _ = self.spare.push(line);
+        if line.capacity() <= SPARE_MAX_BYTES {
+            line.clear();
+            let _ = self.spare.push(line);
+        }
     }
 
     /// Reopens the file (SIGUSR1, as nginx): lines written after go to the file at the path,
@@ -728,8 +745,10 @@ impl Worker {
                         self.write_out();
                     }
                 }
-                line.clear();
-                let _ = self.spare.push(line);
+                if line.capacity() <= SPARE_MAX_BYTES {
+                    line.clear();
+                    let _ = self.spare.push(line);
+                }
             }
             Item::Wake => {}
             Item::Flush(ack) => {
@@ -1121,6 +1140,26 @@ mod tests {
         assert_eq!(json(&r, false).1["time"], "1970-01-01T00:00:00.000Z");
         r.start = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
         assert_eq!(json(&r, false).1["time"], "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn a_long_path_is_cut_so_that_a_line_stays_small() {
+        let mut r = sample_record();
+        let long = format!("/{}", "a".repeat(10_000));
+        r.uri = http::Uri::try_from(format!("{long}?q=1")).expect("uri");
+        let (line, v) = json(&r, true);
+        assert_eq!(v["path"].as_str().map(str::len), Some(MAX_LOGGED_TARGET));
+        assert!(line.len() < MAX_LOGGED_TARGET + 1024, "{}", line.len());
+        let mut text = Vec::new();
+        write_line(
+            &r,
+            LineOptions {
+                format: Format::Text,
+                log_query: true,
+            },
+            &mut text,
+        );
+        assert!(text.len() < MAX_LOGGED_TARGET + 1024);
     }
 
     #[test]
