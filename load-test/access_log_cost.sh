@@ -46,9 +46,6 @@ endpoint() {
   echo "  green: {instances: [$green]}"
 }
 
-HZ=$(getconf CLK_TCK)
-# CPU ticks (user + kernel) the process $1 has used.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Lines in file $1 (0 when it does not exist).
 lines_in() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 # The request count in `scoregate load` output $1.

@@ -35,3 +35,8 @@ score_servers() {
   blue=$(logged_addr "$tmp/blue.log" "scoring server listening")
   green=$(logged_addr "$tmp/green.log" "scoring server listening")
 }
+
+# Clock ticks per second, for `cpu_ticks`.
+HZ=$(getconf CLK_TCK)
+# CPU ticks (user + kernel) the process $1 has used.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -44,9 +44,6 @@ endpoint() {
   echo "  green: {instances: [$green]}"
 }
 
-HZ=$(getconf CLK_TCK)
-# CPU ticks (user + kernel) the process $1 has used.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # One run: "rps p50 p99 cpu-us-per-request copies-ok copies-dropped" of config $1.
 run() {

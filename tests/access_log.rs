@@ -27,6 +27,18 @@ fn log_path(proxy: &Proc, name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A proxy with one deployment `name` (all live traffic, on `backend`) and
+/// `access_log: {path: access.log<settings>}`; its log's path.
+fn logged_proxy(settings: &str, name: &str, backend: &Backend) -> (Proc, PathBuf) {
+    let file = EndpointFile::new()
+        .extra(&format!("access_log: {{path: access.log{settings}}}"))
+        .deployment(name, &[backend.addr], Some(100))
+        .yaml();
+    let proxy = Proc::proxy(&file);
+    let path = log_path(&proxy, "access.log");
+    (proxy, path)
+}
+
 /// The lines of `path` (none when it does not exist).
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -291,17 +303,12 @@ async fn the_query_is_logged_only_when_asked_and_sticky_keys_say_sticky() {
 #[tokio::test]
 async fn the_text_format_is_one_line_of_fields_per_request() {
     let blue = Backend::start("blue").await;
-    let file = EndpointFile::new()
-        .extra("access_log: {path: access.log, format: text}")
-        .deployment("blue", &[blue.addr], Some(100))
-        .yaml();
-    let proxy = Proc::proxy(&file);
+    let (proxy, path) = logged_proxy(", format: text", "blue", &blue);
     let c = client();
     for i in 0..3 {
         let id = format!("text-{i}");
         get(&c, &proxy.url("/score"), &[("x-request-id", id.as_str())]).await;
     }
-    let path = log_path(&proxy, "access.log");
     wait_until("3 text lines", Duration::from_secs(5), async || {
         lines(&path).len() >= 3
     })
@@ -375,12 +382,7 @@ async fn sampling_logs_a_share_of_successes_and_every_error() {
 #[tokio::test]
 async fn a_moved_log_file_is_followed_with_or_without_sigusr1_and_no_line_is_lost() {
     let blue = Backend::start("blue").await;
-    let file = EndpointFile::new()
-        .extra("access_log: {path: access.log}")
-        .deployment("blue", &[blue.addr], Some(100))
-        .yaml();
-    let proxy = Proc::proxy(&file);
-    let path = log_path(&proxy, "access.log");
+    let (proxy, path) = logged_proxy("", "blue", &blue);
     let load = Load::start(proxy.url("/score"), 4);
     wait_until("lines", Duration::from_secs(5), async || {
         lines(&path).len() > 200
@@ -550,21 +552,9 @@ async fn a_mirrored_request_names_its_copy_and_the_copy_logs_its_result() {
 #[tokio::test]
 async fn a_rest_request_over_http2_says_http2() {
     let blue = Backend::start("blue").await;
-    let file = EndpointFile::new()
-        .extra("access_log: {path: access.log}")
-        .deployment("blue", &[blue.addr], Some(100))
-        .yaml();
-    let proxy = Proc::proxy(&file);
+    let (proxy, path) = logged_proxy("", "blue", &blue);
     // HTTP/2 with prior knowledge (h2c), as tests/grpc.rs speaks it.
-    let stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c_sender(proxy.addr).await;
     let body = r#"{"inputs": [1]}"#;
     let req = Request::post("http://scoring.example:8080/score?x=1")
         .header("x-request-id", "h2-1")
@@ -578,7 +568,7 @@ async fn a_rest_request_over_http2_says_http2() {
         .await
         .expect("body")
         .to_bytes();
-    let all = json_lines(&log_path(&proxy, "access.log"), 1).await;
+    let all = json_lines(&path, 1).await;
     let l = line_of(&all, "h2-1");
     assert_eq!(l["protocol"], "HTTP/2");
     assert_eq!(l["method"], "POST");
@@ -610,11 +600,7 @@ async fn streaming(name: &str, over: Duration) -> Backend {
 #[tokio::test]
 async fn a_streamed_answer_read_to_its_end_is_logged_once_whole() {
     let slow = streaming("slow", Duration::from_millis(300)).await;
-    let file = EndpointFile::new()
-        .extra("access_log: {path: access.log}")
-        .deployment("slow", &[slow.addr], Some(100))
-        .yaml();
-    let proxy = Proc::proxy(&file);
+    let (proxy, path) = logged_proxy("", "slow", &slow);
     let a = get(
         &client(),
         &proxy.url("/score"),
@@ -623,7 +609,7 @@ async fn a_streamed_answer_read_to_its_end_is_logged_once_whole() {
     .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body.len(), 60, "{:?}", a.body);
-    let all = json_lines(&log_path(&proxy, "access.log"), 1).await;
+    let all = json_lines(&path, 1).await;
     let l = line_of(&all, "whole-1");
     assert_eq!(l["completed"], true, "{l}");
     assert_eq!(l["bytes_out"], 60, "{l}");
@@ -641,12 +627,7 @@ async fn a_streamed_answer_read_to_its_end_is_logged_once_whole() {
 async fn a_client_that_goes_away_mid_answer_is_logged_incomplete_with_what_it_was_sent() {
     // One 6-byte chunk every 2 s: the answer would take 20 s.
     let slow = streaming("slow", Duration::from_secs(20)).await;
-    let file = EndpointFile::new()
-        .extra("access_log: {path: access.log}")
-        .deployment("slow", &[slow.addr], Some(100))
-        .yaml();
-    let proxy = Proc::proxy(&file);
-    let path = log_path(&proxy, "access.log");
+    let (proxy, path) = logged_proxy("", "slow", &slow);
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(proxy.addr)

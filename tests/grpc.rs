@@ -408,15 +408,7 @@ async fn a_rest_request_over_http2_is_forwarded_over_http1_with_its_host() {
             .deployment("blue", &[blue.addr], Some(100))
             .yaml(),
     );
-    let stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c_sender(proxy.addr).await;
     for _ in 0..3 {
         let req = http::Request::get("http://scoring.example:8080/score")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -512,28 +504,7 @@ async fn a_call_the_client_cancels_is_cancelled_upstream() {
     let green = model_server("green", Duration::ZERO).await;
     let proxy = Proc::proxy(&file(blue, green, 100, 0, ""));
     // A raw HTTP/2 client, to reset the call itself (RST_STREAM CANCEL) mid-stream.
-    let tcp = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (h2c, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut h2c = h2c.ready().await.expect("ready");
-    let req = http::Request::post(format!(
-        "http://{}/inference.GRPCInferenceService/ModelStreamInfer",
-        proxy.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .expect("request");
-    let (response, mut stream) = h2c.send_request(req, false).expect("open the call");
-    let msg = prost::Message::encode_to_vec(&infer());
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&msg);
-    stream
-        .send_data(bytes::Bytes::from(frame), false)
-        .expect("send a message");
+    let (response, mut stream) = raw_call(proxy.addr, "ModelStreamInfer", &[], false).await;
     let response = tokio::time::timeout(Duration::from_secs(5), response)
         .await
         .expect("answer in time")
@@ -766,30 +737,8 @@ async fn a_grpc_call_the_proxy_refuses_is_logged_with_the_http_status_it_was_sen
         "access_log: {path: access.log}\n",
     ));
     // A raw HTTP/2 client, to see the answer's HTTP status.
-    let tcp = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (h2c, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut h2c = h2c.ready().await.expect("ready");
-    let req = http::Request::post(format!(
-        "http://{}/inference.GRPCInferenceService/ModelInfer",
-        proxy.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("x-api-version", "purple")
-    .header("x-request-id", "raw-bad-pin")
-    .body(())
-    .expect("request");
-    let (response, mut stream) = h2c.send_request(req, false).expect("open the call");
-    let msg = prost::Message::encode_to_vec(&infer());
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&msg);
-    stream
-        .send_data(bytes::Bytes::from(frame), true)
-        .expect("send the message");
+    let headers = [("x-api-version", "purple"), ("x-request-id", "raw-bad-pin")];
+    let (response, _stream) = raw_call(proxy.addr, "ModelInfer", &headers, true).await;
     let response = tokio::time::timeout(Duration::from_secs(5), response)
         .await
         .expect("answer in time")
@@ -809,4 +758,37 @@ async fn a_grpc_call_the_proxy_refuses_is_logged_with_the_http_status_it_was_sen
         Some(u64::from(sent)),
         "the log names the HTTP status the client got: {l}"
     );
+}
+
+/// A call of `method` of the inference service from a raw HTTP/2 client (to reset it, or to
+/// see the answer's HTTP status), with `headers` and one request message; `end`: the message
+/// ends the request. The answer's head and the request stream.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (h2c, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.expect("ready");
+    let mut req = http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(()).expect("request");
+    let (response, mut stream) = h2c.send_request(req, false).expect("open the call");
+    let msg = prost::Message::encode_to_vec(&infer());
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    stream
+        .send_data(bytes::Bytes::from(frame), end)
+        .expect("send a message");
+    (response, stream)
 }

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use prometheus::IntCounter;
 
+use super::ids::{HEX_PAIRS, hex_into};
 use super::record::{Kind, Record};
 use crate::metrics::TelemetryMetrics;
 
@@ -97,7 +98,6 @@ pub(crate) fn write_line(record: &Record, opts: LineOptions, out: &mut Vec<u8>) 
 
 // === the formats ===
 
-const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Longest path (with its query) logged: a line stays small whatever a client sends, so the
@@ -223,12 +223,10 @@ fn put_client(addr: &SocketAddr, out: &mut Vec<u8>) {
 
 /// Lowercase hex of an id (at most 16 bytes).
 fn put_hex(bytes: &[u8], out: &mut Vec<u8>) {
+    let bytes = &bytes[..bytes.len().min(16)];
     let mut buf = [0u8; 32];
-    for (pair, b) in buf.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX_LOWER[(b >> 4) as usize];
-        pair[1] = HEX_LOWER[(b & 0xf) as usize];
-    }
-    out.extend_from_slice(&buf[..2 * bytes.len().min(16)]);
+    hex_into(bytes, &mut buf);
+    out.extend_from_slice(&buf[..2 * bytes.len()]);
 }
 
 fn put_bool(b: bool, out: &mut Vec<u8>) {
@@ -263,8 +261,7 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(&bytes[start..i]);
         if short.is_empty() {
             out.extend_from_slice(b"\\u00");
-            out.push(HEX_LOWER[(b >> 4) as usize]);
-            out.push(HEX_LOWER[(b & 0xf) as usize]);
+            out.extend_from_slice(&HEX_PAIRS[usize::from(b)]);
         } else {
             out.extend_from_slice(short);
         }

@@ -26,7 +26,7 @@ fn shared_value<const N: usize>(text: [u8; N]) -> HeaderValue {
 }
 
 /// The two lowercase hex digits of every byte.
-const HEX_PAIRS: [[u8; 2]; 256] = {
+pub(super) const HEX_PAIRS: [[u8; 2]; 256] = {
     let digits = b"0123456789abcdef";
     let mut t = [[0u8; 2]; 256];
     let mut i = 0;
@@ -37,8 +37,8 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     t
 };
 
-/// Writes the hex of `bytes` into `out` (twice as long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+/// Writes the lowercase hex of `bytes` into `out` (twice as long).
+pub(super) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }

@@ -1076,3 +1076,14 @@ pub fn load_failures(out: &str) -> (u64, Vec<(String, String)>) {
     assert_eq!(listed.len() as u64, failed.min(20), "{out}");
     (failed, listed)
 }
+
+/// An HTTP/2 client connection with prior knowledge (h2c) to `addr`, driven in the background.
+pub async fn h2c_sender(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    sender
+}
